@@ -1,0 +1,52 @@
+# tff-prune: every target bootstraps .venv first when it is missing or stale.
+#   make experiment   - federated structured pruning on the built-in eSpeak corpus
+#   make test         - the test suite (what CI runs)
+# ARGS="--flag=value ..." passes extra flags to run_experiment.py.
+
+PYTHON      ?= python3.11
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+TFF_VERSION := 0.87.0
+# The stamp records the hash of everything that decides the environment, so
+# editing requirements.txt or this Makefile rebuilds .venv on the next target.
+STAMP       := $(VENV)/.tff-prune-stamp
+ENV_HASH    := $(shell cat requirements.txt Makefile 2>/dev/null | sha256sum | cut -c1-16)
+ARGS        ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv experiment test check-deps bench clean-venv
+
+venv:
+	@if [ ! -x "$(VPY)" ] || [ "$$(cat $(STAMP) 2>/dev/null)" != "$(ENV_HASH)" ]; then \
+	  set -e; \
+	  echo "[setup] building $(VENV) (requirements changed or missing)"; \
+	  rm -rf $(VENV); \
+	  $(PYTHON) -m venv $(VENV); \
+	  $(VPY) -m pip install --quiet --upgrade pip; \
+	  $(VPY) -m pip install --quiet -r requirements.txt; \
+	  $(VPY) -m pip install --quiet --no-deps tensorflow-federated==$(TFF_VERSION); \
+	  $(MAKE) --no-print-directory check-deps; \
+	  echo "$(ENV_HASH)" > $(STAMP); \
+	  echo "[setup] $(VENV) ready"; \
+	fi
+
+# `pip check` must report nothing but the documented jax/jaxlib substitution.
+check-deps:
+	@$(VPY) -m pip check > $(VENV)/pip-check.txt 2>&1 || true; \
+	if grep -vE '^tensorflow-federated $(TFF_VERSION) has requirement jax(lib)?==0\.4\.14, but you have jax(lib)? 0\.4\.13\.$$' \
+	     $(VENV)/pip-check.txt | grep -v '^No broken requirements found\.$$' | grep . ; then \
+	  echo "[setup] pip check found inconsistencies beyond the jax/jaxlib 0.4.13 substitution" >&2; exit 1; \
+	fi; \
+	echo "[setup] pip check: consistent (only the documented jax/jaxlib 0.4.13 substitution)"
+
+experiment: venv
+	$(VPY) run_experiment.py --pruning=structured $(ARGS)
+
+test: venv
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(VPY) -m bench.run_all
+
+clean-venv:
+	rm -rf $(VENV)

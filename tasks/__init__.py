@@ -1,0 +1,1 @@
+"""Federated learning tasks for tff-prune."""

@@ -1,0 +1,1 @@
+"""Speech-recognition task: features, text, Conformer-CTC model, CTC and metrics."""

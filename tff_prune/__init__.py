@@ -1,0 +1,1 @@
+"""tff-prune: federated pruning of speech-recognition models with TFF and tfmot."""
