@@ -9,7 +9,13 @@ call to :meth:`EspeakSynthesizer.synthesize` therefore loads the library
 afresh (``dlopen``), synthesizes, and unloads it again (``dlclose``). That
 costs ~3 ms, mostly reading the English dictionary, and makes the output a pure
 function of (voice, parameters, text), independent of call history and of
-which pool worker runs it.
+which pool worker runs it. Voices with a "breath" setting (f2, f3, f5...) also
+draw noise from eSpeak's own random generator, which ``espeak_Initialize``
+seeds from the clock, so each call reseeds it (``espeak_ng_SetRandSeed``).
+
+Caveat: if some other code in the same process keeps libespeak-ng loaded
+(e.g. a phonemizer using ``espeakng_loader``), ``dlclose`` cannot unload it,
+the state is shared with that code, and the byte-exactness above is lost.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ _ACCENT_ALIASES = {"en-gb": "en"}
 # threads dlopen-ing the same path would share (and corrupt) one instance.
 _LOCK = threading.Lock()
 
+RAND_SEED = 0  # for eSpeak's noise generator (breathy voices)
+
 _SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
 )
@@ -111,6 +119,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.espeak_Synth.restype = ctypes.c_int
     lib.espeak_Synchronize.restype = ctypes.c_int
     lib.espeak_Terminate.restype = ctypes.c_int
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_ng_SetRandSeed.restype = None
 
 
 class EspeakSynthesizer:
@@ -199,12 +209,16 @@ class EspeakSynthesizer:
             raise EspeakError(f"unknown eSpeak voice {voice!r}")
         if status != EE_OK:
             raise EspeakError(f"espeak_SetVoiceByName({voice!r}) failed with status {status}")
-        for parameter, value in ((ESPEAK_RATE, rate), (ESPEAK_PITCH, pitch), (ESPEAK_RANGE, pitch_range)):
+        parameters = ((ESPEAK_RATE, rate), (ESPEAK_PITCH, pitch), (ESPEAK_RANGE, pitch_range))
+        for parameter, value in parameters:
             status = lib.espeak_SetParameter(parameter, int(value), 0)
             if status != EE_OK:
-                raise EspeakError(f"espeak_SetParameter({parameter}, {value}) failed with status {status}")
+                raise EspeakError(
+                    f"espeak_SetParameter({parameter}, {value}) failed with status {status}"
+                )
         data = text.encode("utf-8")
         self._chunks = []
+        lib.espeak_ng_SetRandSeed(RAND_SEED)  # see the module docstring
         status = lib.espeak_Synth(
             data, len(data) + 1, 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None
         )

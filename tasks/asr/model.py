@@ -76,7 +76,7 @@ class ConformerConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> "ConformerConfig":
-        """~245k parameters (tests)."""
+        """d64 x 2 blocks x 4 heads, 32 subsampling channels (~245k parameters; tests)."""
         return cls(**{**dict(d_model=64, num_blocks=2, num_heads=4, subsampling_channels=32), **overrides})
 
     @classmethod
@@ -86,12 +86,12 @@ class ConformerConfig:
 
     @classmethod
     def medium(cls, **overrides) -> "ConformerConfig":
-        """d144 x 8 blocks (~5M parameters)."""
+        """d144 x 8 blocks (~4.5M parameters)."""
         return cls(**{**dict(d_model=144, num_blocks=8, num_heads=4, subsampling_channels=144), **overrides})
 
     @classmethod
     def paper(cls, **overrides) -> "ConformerConfig":
-        """Conformer-S-like d144 x 16 blocks x 4 heads (~9M parameters).
+        """Conformer-S-like d144 x 16 blocks x 4 heads (~8.3M parameters).
 
         Gulati et al. use conv kernel 32 for Conformer-S; we keep 15 (the
         config default) unless overridden.
@@ -257,7 +257,8 @@ def build_conformer_ctc(config: ConformerConfig, vocab_size: int) -> tf.keras.Mo
     Inputs: ``{"features": float32[B, T, F], "feature_lengths": int32[B]}``.
     Output: logits ``float32[B, T', vocab_size]`` with ``T' = output_lengths(T)``;
     frame ``t < output_lengths(feature_lengths[b])`` of example ``b`` does not
-    depend on padding. Needs ``T >= 7`` for at least one output frame.
+    depend on padding. The padded length ``T`` must be >= 7 (one output
+    frame); shorter batches fail in the ``subsample_flatten`` reshape.
     """
     L = tf.keras.layers
     cfg = config

@@ -1,0 +1,62 @@
+"""Where the ASR task's speakers come from: the built-in corpus or a directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from tasks.asr import librispeech
+from tasks.asr import synthetic_corpus
+from tasks.asr.corpus import CorpusError, SpeechCorpus
+
+DEFAULT_CACHE_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "data", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """Either the synthetic eSpeak corpus (no `corpus_dir`) or LibriSpeech layout."""
+
+    corpus_dir: Optional[str] = None
+    test_corpus_dir: Optional[str] = None
+    num_test_speakers: int = 20
+    strict: bool = False
+    # Synthetic corpus only.
+    cache_dir: str = DEFAULT_CACHE_DIR
+    num_train_speakers: int = 200
+    utterances_per_speaker: int = 30
+    seed: int = 0
+
+
+def load_corpora(config: CorpusConfig) -> tuple[SpeechCorpus, SpeechCorpus]:
+    """(train, test) corpora; the test speakers are never in train.
+
+    With `corpus_dir` and no `test_corpus_dir`, `num_test_speakers` speakers
+    chosen by `seed` are held out of `corpus_dir`.
+    """
+    if config.corpus_dir is None:
+        root = synthetic_corpus.ensure_synthetic_corpus(
+            config.cache_dir,
+            num_train_speakers=config.num_train_speakers,
+            num_test_speakers=config.num_test_speakers,
+            utterances_per_speaker=config.utterances_per_speaker,
+            seed=config.seed)
+        return (librispeech.load_librispeech(os.path.join(root, "train"), strict=config.strict),
+                librispeech.load_librispeech(os.path.join(root, "test"), strict=config.strict))
+    corpus = librispeech.load_librispeech(config.corpus_dir, strict=config.strict)
+    if config.test_corpus_dir is not None:
+        return corpus, librispeech.load_librispeech(config.test_corpus_dir,
+                                                    strict=config.strict)
+    speakers = list(corpus.client_ids)
+    if config.num_test_speakers >= len(speakers):
+        raise CorpusError(
+            f"--num_test_speakers={config.num_test_speakers} leaves no training "
+            f"speakers: {config.corpus_dir} has {len(speakers)}")
+    rng = np.random.default_rng(config.seed)
+    held_out = set(rng.choice(speakers, config.num_test_speakers, replace=False))
+    return (corpus.filter_utterances(lambda u: u.speaker_id not in held_out),
+            corpus.filter_utterances(lambda u: u.speaker_id in held_out))

@@ -1,0 +1,34 @@
+"""Shared pytest fixtures: the tiny synthetic speech corpus."""
+
+from __future__ import annotations
+
+import pytest
+
+# 4 train + 2 held-out test speakers x 6 utterances; ~0.5 s to synthesize.
+TINY_CORPUS_PARAMS = {
+    "num_train_speakers": 4,
+    "num_test_speakers": 2,
+    "utterances_per_speaker": 6,
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_params() -> dict:
+    """The parameters ``tiny_corpus_dir`` was generated with (a fresh copy)."""
+    return dict(TINY_CORPUS_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory) -> str:
+    """Root of a tiny synthetic corpus, generated once per session. Treat it as read-only.
+
+    ``<root>/train`` and ``<root>/test`` are LibriSpeech-layout directories
+    (load them with ``tasks.asr.librispeech.load_librispeech``); ``<root>/manifest.json``
+    describes the speakers.
+    """
+    from tasks.asr.synthetic_corpus import generate_synthetic_corpus
+
+    root = tmp_path_factory.mktemp("tiny_corpus") / "corpus"
+    # In-process (num_workers=1): a spawn pool would cost more than the synthesis.
+    return generate_synthetic_corpus(str(root), num_workers=1, **TINY_CORPUS_PARAMS)
