@@ -15,130 +15,130 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs a real federated computation on the real C++ worker, prints the worker
 # PIDs, then ends the way argv[1] says.
 _PROBE = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_federated as tff
-    from tff_prune import runtime
+        import sys, time
+        import numpy as np
+        import tensorflow as tf
+        import tensorflow_federated as tff
+        from tff_prune import runtime
 
-    @tff.tensorflow.computation(np.float32)
-    def add_one(x):
-      return x + 1.0
+        @tff.tensorflow.computation(np.float32)
+        def add_one(x):
+            return x + 1.0
 
-    @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
-    def sum_plus_one(values):
-      return tff.federated_sum(tff.federated_map(add_one, values))
+        @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+        def sum_plus_one(values):
+            return tff.federated_sum(tff.federated_map(add_one, values))
 
-    mode = sys.argv[1]
-    with runtime.local_runtime(log_dir=sys.argv[2]) as rt:
-      result = sum_plus_one([1.0, 2.0, 3.0])
-      print("RESULT", float(result), flush=True)
-      print("WORKERS", " ".join(map(str, rt.worker_pids)), flush=True)
-      if mode == "exception":
-        raise ValueError("boom")
-      if mode in ("sigint", "sigterm", "sigkill"):
-        print("WAITING", flush=True)
-        while True:
-          time.sleep(0.1)
-    print("CLEAN EXIT", flush=True)
+        mode = sys.argv[1]
+        with runtime.local_runtime(log_dir=sys.argv[2]) as rt:
+            result = sum_plus_one([1.0, 2.0, 3.0])
+            print("RESULT", float(result), flush=True)
+            print("WORKERS", " ".join(map(str, rt.worker_pids)), flush=True)
+            if mode == "exception":
+                raise ValueError("boom")
+            if mode in ("sigint", "sigterm", "sigkill"):
+                print("WAITING", flush=True)
+                while True:
+                    time.sleep(0.1)
+        print("CLEAN EXIT", flush=True)
 """)
 
 
 def _alive(pid: int) -> bool:
-  try:
-    proc = psutil.Process(pid)
-    return proc.status() != psutil.STATUS_ZOMBIE
-  except psutil.NoSuchProcess:
-    return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _run_probe(tmp_path, mode):
-  script = tmp_path / "probe.py"
-  script.write_text(_PROBE)
-  env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
-             TF_CPP_MIN_LOG_LEVEL="3")
-  proc = subprocess.Popen(
-      [sys.executable, str(script), mode, str(tmp_path / "logs")],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-  worker_pids = []
-  lines = []
-  deadline = time.monotonic() + 120
-  for line in proc.stdout:
-    lines.append(line)
-    if line.startswith("WORKERS"):
-      worker_pids = [int(p) for p in line.split()[1:]]
-      for pid in worker_pids:
-        # The PID really is a TFF worker that this probe started.
-        assert "worker_binary" in " ".join(psutil.Process(pid).cmdline())
-        assert _alive(pid)
-    if line.startswith("WAITING") or line.startswith("CLEAN") or (
-        time.monotonic() > deadline):
-      break
-  if mode == "sigint":
-    proc.send_signal(signal.SIGINT)
-  elif mode == "sigterm":
-    proc.send_signal(signal.SIGTERM)
-  elif mode == "sigkill":
-    proc.send_signal(signal.SIGKILL)
-  rest, stderr = proc.communicate(timeout=120)
-  lines.append(rest)
-  return proc.returncode, "".join(lines), stderr, worker_pids
+    script = tmp_path / "probe.py"
+    script.write_text(_PROBE)
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
+                          TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(
+            [sys.executable, str(script), mode, str(tmp_path / "logs")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    worker_pids = []
+    lines = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("WORKERS"):
+            worker_pids = [int(p) for p in line.split()[1:]]
+            for pid in worker_pids:
+                # The PID really is a TFF worker that this probe started.
+                assert "worker_binary" in " ".join(psutil.Process(pid).cmdline())
+                assert _alive(pid)
+        if line.startswith("WAITING") or line.startswith("CLEAN") or (
+                time.monotonic() > deadline):
+            break
+    if mode == "sigint":
+        proc.send_signal(signal.SIGINT)
+    elif mode == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    elif mode == "sigkill":
+        proc.send_signal(signal.SIGKILL)
+    rest, stderr = proc.communicate(timeout=120)
+    lines.append(rest)
+    return proc.returncode, "".join(lines), stderr, worker_pids
 
 
 def _assert_no_orphans(worker_pids):
-  assert worker_pids, "probe never reported its workers"
-  deadline = time.monotonic() + 5  # the kernel's PDEATHSIG is asynchronous
-  while any(_alive(p) for p in worker_pids) and time.monotonic() < deadline:
-    time.sleep(0.05)
-  assert not [p for p in worker_pids if _alive(p)]
+    assert worker_pids, "probe never reported its workers"
+    deadline = time.monotonic() + 5  # the kernel's PDEATHSIG is asynchronous
+    while any(_alive(p) for p in worker_pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in worker_pids if _alive(p)]
 
 
 @pytest.mark.parametrize("mode,expected_rc", [
-    ("normal", 0),
-    ("exception", 1),
-    ("sigint", -signal.SIGINT),  # KeyboardInterrupt: Python re-raises SIGINT
-    ("sigterm", 128 + 15),     # TerminatedBySignal(SIGTERM)
-    ("sigkill", -signal.SIGKILL),  # no Python code runs: PDEATHSIG must act
+        ("normal", 0),
+        ("exception", 1),
+        ("sigint", -signal.SIGINT),  # KeyboardInterrupt: Python re-raises SIGINT
+        ("sigterm", 128 + 15),     # TerminatedBySignal(SIGTERM)
+        ("sigkill", -signal.SIGKILL),  # no Python code runs: PDEATHSIG must act
 ])
 def test_no_worker_survives(tmp_path, mode, expected_rc):
-  rc, out, err, worker_pids = _run_probe(tmp_path, mode)
-  assert "RESULT 9.0" in out, err[-3000:]
-  assert rc == expected_rc, err[-3000:]
-  _assert_no_orphans(worker_pids)
-  if mode == "normal":
-    assert "CLEAN EXIT" in out
-  if mode == "exception":
-    assert "ValueError: boom" in err
+    rc, out, err, worker_pids = _run_probe(tmp_path, mode)
+    assert "RESULT 9.0" in out, err[-3000:]
+    assert rc == expected_rc, err[-3000:]
+    _assert_no_orphans(worker_pids)
+    if mode == "normal":
+        assert "CLEAN EXIT" in out
+    if mode == "exception":
+        assert "ValueError: boom" in err
 
 
 def test_worker_output_goes_to_log_not_stdout(tmp_path):
-  rc, out, err, _ = _run_probe(tmp_path, "normal")
-  assert rc == 0
-  log = tmp_path / "logs" / "tff_worker.log"
-  assert log.exists()
-  # The worker announces its port in its log; none of that reaches stdout.
-  assert "worker" not in out.lower().replace("workers", "")
+    rc, out, err, _ = _run_probe(tmp_path, "normal")
+    assert rc == 0
+    log = tmp_path / "logs" / "tff_worker.log"
+    assert log.exists()
+    # The worker announces its port in its log; none of that reaches stdout.
+    assert "worker" not in out.lower().replace("workers", "")
 
 
 def test_computation_outside_runtime_fails_loudly(tmp_path):
-  script = tmp_path / "outside.py"
-  script.write_text(textwrap.dedent("""
-      import numpy as np
-      import tensorflow_federated as tff
-      from tff_prune import runtime
-      runtime.install_refusing_default_context()
-      @tff.tensorflow.computation(np.float32)
-      def f(x):
-        return x
-      try:
-        f(1.0)
-      except runtime.RuntimeNotStartedError as e:
-        print("REFUSED", e)
-  """))
-  out = subprocess.run([sys.executable, str(script)], capture_output=True,
-                       text=True, env=dict(os.environ, PYTHONPATH=REPO),
-                       timeout=120)
-  assert "REFUSED no TFF runtime is running" in out.stdout, out.stderr[-2000:]
-  assert not [p for p in psutil.process_iter(["cmdline"])
-              if p.info["cmdline"] and "worker_binary" in p.info["cmdline"][0]
-              and p.ppid() == os.getpid()]
+    script = tmp_path / "outside.py"
+    script.write_text(textwrap.dedent("""
+            import numpy as np
+            import tensorflow_federated as tff
+            from tff_prune import runtime
+            runtime.install_refusing_default_context()
+            @tff.tensorflow.computation(np.float32)
+            def f(x):
+                return x
+            try:
+                f(1.0)
+            except runtime.RuntimeNotStartedError as e:
+                print("REFUSED", e)
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True,
+                                              text=True, env=dict(os.environ, PYTHONPATH=REPO),
+                                              timeout=120)
+    assert "REFUSED no TFF runtime is running" in out.stdout, out.stderr[-2000:]
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                            if p.info["cmdline"] and "worker_binary" in p.info["cmdline"][0]
+                            and p.ppid() == os.getpid()]

@@ -103,6 +103,10 @@ class SpeechCorpus:
         """Elements ``{"audio": float32[None] in [-1, 1] at 16 kHz, "transcript": tf.string}``."""
         return self._dataset(self._utterances[client_id])
 
+    def create_tf_dataset_for_clients(self, client_ids: Sequence[str]) -> "tf.data.Dataset":
+        """Several clients' elements in one dataset, concatenated in the given order."""
+        return self._dataset([u for c in client_ids for u in self._utterances[c]])
+
     def create_tf_dataset_from_all_clients(self) -> "tf.data.Dataset":
         """All clients' elements, concatenated in ``client_ids`` order."""
         return self._dataset(self.all_utterances())

@@ -1,0 +1,137 @@
+"""Aggregation of pruned client updates, as `tff.aggregators` factories.
+
+`MaskedWeightedMeanFactory` averages each coordinate over the clients that
+actually had it unmasked: sum_i w_i m_i v_i / sum_i w_i m_i. A plain FedAvg
+mean would dilute coordinates pruned on some clients with their zeros. Like
+`tff.aggregators.MeanFactory`, it sums the weighted values through an inner
+unweighted factory, so TFF's clipping, compression or DP sum factories stack
+under it (`value_sum_factory=tff.aggregators.clipping_factory(...)`).
+
+`PruningUpdateAggregatorFactory` aggregates the whole client update of our
+client work: the delta by masked mean, the Taylor importance and the mask
+votes by example-weighted mean.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+
+def _as_nest(value):
+    """TFF passes unnamed-container structs as `tff.structure.Struct`."""
+    if isinstance(value, tff.structure.Struct):
+        return tff.structure.to_odict_or_tuple(value)
+    return value
+
+
+def _struct_field(struct_type: tff.types.StructType, name: str) -> tff.types.Type:
+    return dict(tff.structure.iter_elements(struct_type))[name]
+
+
+class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
+    """Weighted mean per coordinate over the clients where it is unmasked.
+
+    Value type: a struct `(values=<T>, masks=<M>)` where `M` has `T`'s nesting
+    and each mask is either `T`'s shape or a scalar (1.0: never masked).
+    Result: `T`; a coordinate masked on every client averages to 0.
+    """
+
+    def __init__(self, value_sum_factory: Optional[
+            tff.aggregators.UnweightedAggregationFactory] = None):
+        self._value_sum_factory = value_sum_factory or tff.aggregators.SumFactory()
+
+    def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
+        values_type = _struct_field(value_type, "values")
+        masks_type = _struct_field(value_type, "masks")
+        value_sum = self._value_sum_factory.create(values_type)
+
+        @tff.tensorflow.computation(values_type, masks_type, weight_type)
+        def weigh(values, masks, weight):
+            values, masks = _as_nest(values), _as_nest(masks)
+            weight = tf.cast(weight, tf.float32)
+            numerators = tf.nest.map_structure(
+                lambda v, m: v * tf.cast(m, v.dtype) * tf.cast(weight, v.dtype),
+                values, masks)
+            denominators = tf.nest.map_structure(
+                lambda m: tf.cast(m, tf.float32) * weight, masks)
+            return numerators, denominators
+
+        @tff.tensorflow.computation(values_type, masks_type)
+        def divide(numerators, denominators):
+            numerators, denominators = _as_nest(numerators), _as_nest(denominators)
+            return tf.nest.map_structure(
+                lambda n, d: tf.math.divide_no_nan(n, tf.cast(d, n.dtype)),
+                numerators, denominators)
+
+        @tff.federated_computation
+        def init_fn():
+            return value_sum.initialize()
+
+        @tff.federated_computation(
+            init_fn.type_signature.result,
+            tff.FederatedType(value_type, tff.CLIENTS),
+            tff.FederatedType(weight_type, tff.CLIENTS))
+        def next_fn(state, value, weight):
+            numerators, denominators = tff.federated_map(
+                weigh, (value.values, value.masks, weight))
+            summed = value_sum.next(state, numerators)
+            mean = tff.federated_map(
+                divide, (summed.result, tff.federated_sum(denominators)))
+            return tff.templates.MeasuredProcessOutput(
+                state=summed.state, result=mean,
+                measurements=tff.federated_zip(collections.OrderedDict(
+                    value_sum_process=summed.measurements)))
+
+        return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+class PruningUpdateAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
+    """Aggregates `{delta, mask[, importance][, vote]}` client updates.
+
+    Result `{delta[, importance][, vote]}`: the masked mean of the deltas and
+    the example-weighted means of Taylor importance and binary mask votes (a
+    vote mean is the weighted fraction of clients keeping each weight).
+    """
+
+    def __init__(self, delta_factory: Optional[MaskedWeightedMeanFactory] = None):
+        self._delta_factory = delta_factory or MaskedWeightedMeanFactory()
+
+    def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
+        fields = dict(tff.structure.iter_elements(value_type))
+        delta_value_type = tff.StructType([("values", fields["delta"]),
+                                           ("masks", fields["mask"])])
+        delta_process = self._delta_factory.create(delta_value_type, weight_type)
+        extra = [name for name in ("importance", "vote") if name in fields]
+        mean_processes = {name: tff.aggregators.MeanFactory().create(
+            fields[name], weight_type) for name in extra}
+
+        @tff.federated_computation
+        def init_fn():
+            return tff.federated_zip(collections.OrderedDict(
+                delta=delta_process.initialize(),
+                **{n: p.initialize() for n, p in mean_processes.items()}))
+
+        @tff.federated_computation(
+            init_fn.type_signature.result,
+            tff.FederatedType(value_type, tff.CLIENTS),
+            tff.FederatedType(weight_type, tff.CLIENTS))
+        def next_fn(state, value, weight):
+            delta_in = tff.federated_zip(collections.OrderedDict(
+                values=value.delta, masks=value.mask))
+            outputs = collections.OrderedDict(
+                delta=delta_process.next(state.delta, delta_in, weight))
+            for name, process in mean_processes.items():
+                outputs[name] = process.next(state[name], value[name], weight)
+            return tff.templates.MeasuredProcessOutput(
+                state=tff.federated_zip(collections.OrderedDict(
+                    (n, o.state) for n, o in outputs.items())),
+                result=tff.federated_zip(collections.OrderedDict(
+                    (n, o.result) for n, o in outputs.items())),
+                measurements=tff.federated_zip(collections.OrderedDict(
+                    (n, o.measurements) for n, o in outputs.items())))
+
+        return tff.templates.AggregationProcess(init_fn, next_fn)

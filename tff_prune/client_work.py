@@ -1,0 +1,197 @@
+"""Client work: masked local training of the wrapped model.
+
+Mirrors TFF's `model_delta_client_work` (same loop, same `tff.learning`
+optimizer calls, same `initial - trained` update and example weighting), so
+with pruning off one round equals `tff.learning.algorithms.build_weighted_fed_avg`.
+With pruning on, each client:
+
+* reads the masks and the round from the broadcast `ModelWeights.non_trainable`
+  (the tfmot wrappers' `mask` and `pruning_step` variables) - tfmot's
+  "requires the UpdatePruningStep callback" check passes because the server
+  already wrote the step there;
+* applies the masks before training and after every optimizer step, and
+  masks every gradient, so pruned weights stay exactly zero throughout and the
+  optimizer state never accumulates on them;
+* returns its masked delta, its participation mask (for the masked mean), and
+  - when the method asks for them - Taylor importance |w * dL/dw| summed over
+  its steps (w is the broadcast dense value, so pruned weights are scored as
+  if they came back) and its own mask proposal for `client_vote`.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any, Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tasks import base
+from tff_prune import config as config_lib
+from tff_prune import wrappers
+
+
+def _masked(values, masks):
+    return [v if m is None else v * m for v, m in zip(values, masks)]
+
+
+def weight_masks(non_trainable: list[tf.Tensor], index: wrappers.PrunableWeightIndex,
+                 num_trainable: int, mask_biases: bool) -> list[Optional[tf.Tensor]]:
+    """Mask per trainable weight (None = never masked), from wrapper masks."""
+    masks: list[Optional[tf.Tensor]] = [None] * num_trainable
+    for k, kernel_pos in enumerate(index.kernel_index):
+        kernel_mask = non_trainable[index.mask_index[k]]
+        masks[kernel_pos] = kernel_mask
+        bias_pos = index.bias_index[k]
+        if mask_biases and bias_pos is not None:
+            masks[bias_pos] = wrappers.bias_mask_from_kernel_mask(
+                kernel_mask, index.depthwise[k])
+    return masks
+
+
+def participation_masks(masks: list[Optional[tf.Tensor]]) -> tuple[tf.Tensor, ...]:
+    """Per-coordinate masks for the masked mean; unmasked weights use a scalar 1."""
+    return tuple(tf.constant(1.0) if m is None else m for m in masks)
+
+
+def build_pruning_client_work(
+    task: base.FederatedTask,
+    model_fn: Callable[[], tf.keras.Model],
+    index: wrappers.PrunableWeightIndex,
+    pruning: config_lib.PruningConfig,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    propose_masks_fn: Optional[Callable[..., list]] = None,
+    sparsity_for_round_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
+) -> tff.learning.templates.ClientWorkProcess:
+    """A `ClientWorkProcess` training the wrapped model under the server's masks.
+
+    Args:
+      task: supplies the batch loss.
+      model_fn: builds the wrapped Keras model (weights are overwritten).
+      index: where kernels, biases, masks and pruning steps sit in ModelWeights.
+      pruning: the method (decides Taylor scores, votes and bias masking).
+      client_optimizer: a `tff.learning.optimizers.Optimizer`.
+      propose_masks_fn: for `client_vote`: (kernel scores, sparsity, coupled
+        bias scores) -> kernel masks.
+      sparsity_for_round_fn: for `client_vote`: sparsity the next mask update
+        will target, given the round being trained (a tf int64 scalar), or
+        a negative value when the next round does not update masks.
+    """
+    want_taylor = pruning.enabled and pruning.importance == "taylor"
+    want_vote = pruning.enabled and pruning.policy == "client_vote"
+    mask_biases = pruning.masks_biases
+
+    model = model_fn()
+    weights_type = wrappers.model_weights_type(model)
+    data_type = tff.SequenceType(wrappers.tff_type(task.batch_spec))
+    del model
+
+    @tf.function
+    def client_update(model, optimizer_hparams, initial_weights, dataset):
+        model_weights = tff.learning.models.ModelWeights.from_model(model)
+        tf.nest.map_structure(lambda v, t: v.assign(t), model_weights,
+                              initial_weights)
+        trainable = list(model_weights.trainable)
+        masks = weight_masks(list(initial_weights.non_trainable), index,
+                             len(trainable), mask_biases)
+        dense_kernels = [initial_weights.trainable[i] for i in index.kernel_index]
+        # Clients see only the masked model.
+        for v, m in zip(trainable, masks):
+            if m is not None:
+                v.assign(v * m)
+        masked_initial = [tf.identity(v) for v in trainable]
+
+        specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
+        opt_state = client_optimizer.initialize(specs)
+        opt_state = client_optimizer.set_hparams(opt_state, optimizer_hparams)
+        importance = tuple(tf.zeros_like(k) for k in dense_kernels)
+        num_examples = tf.constant(0, tf.int64)
+        loss_sum = tf.constant(0.0, tf.float32)
+
+        for batch in dataset:
+            with tf.GradientTape() as tape:
+                loss, n = task.batch_loss(model, batch, training=True)
+            grads = tape.gradient(loss, trainable)
+            if want_taylor:
+                # Score every kernel weight (pruned ones at their dense value).
+                importance = tuple(
+                    acc + tf.abs(w * grads[i])
+                    for acc, w, i in zip(importance, dense_kernels, index.kernel_index))
+            grads = _masked(grads, masks)
+            opt_state, updated = client_optimizer.next(
+                opt_state, tuple(trainable), tuple(grads))
+            for v, u, m in zip(trainable, updated, masks):
+                v.assign(u if m is None else u * m)
+            num_examples += tf.cast(n, tf.int64)
+            loss_sum += loss * tf.cast(n, tf.float32)
+
+        delta = [a - b for a, b in zip(masked_initial, trainable)]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
+        delta = [tf.where(finite, d, tf.zeros_like(d)) for d in delta]
+        weight = tf.where(finite, tf.cast(num_examples, tf.float32), 0.0)
+
+        update = collections.OrderedDict(
+            delta=tuple(delta), mask=participation_masks(masks))
+        if want_taylor:
+            update["importance"] = importance
+        if want_vote:
+            target = sparsity_for_round_fn(
+                tf.cast(initial_weights.non_trainable[index.step_index[0]], tf.int64))
+            # Local view: trained values where kept, dense broadcast values
+            # where pruned, so a client can vote a pruned weight back.
+            local = [tf.where(tf.cast(masks[i], tf.bool), trainable[i], dense)
+                     for i, dense in zip(index.kernel_index, dense_kernels)]
+            scores = list(importance) if want_taylor else [tf.abs(w) for w in local]
+            bias_scores = {} if want_taylor else {
+                index.trainable_keys[i]: tf.abs(trainable[i])
+                for i in index.bias_index if i is not None}
+            proposal = tf.cond(
+                target >= 0.0,
+                lambda: tuple(propose_masks_fn(scores, tf.maximum(target, 0.0),
+                                               bias_scores)),
+                lambda: tuple(masks[i] for i in index.kernel_index))
+            update["vote"] = proposal
+        metrics = collections.OrderedDict(
+            loss_sum=loss_sum, num_examples=num_examples)
+        return tff.learning.templates.ClientResult(update=update,
+                                                   update_weight=weight), metrics
+
+    hparams = client_optimizer.get_hparams(
+        client_optimizer.initialize(tf.TensorSpec([], tf.float32)))
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_value(hparams, tff.SERVER)
+
+    state_type = init_fn.type_signature.result.member
+
+    @tff.tensorflow.computation(state_type, weights_type, data_type)
+    def client_computation(optimizer_hparams, initial_weights, dataset):
+        return client_update(model_fn(), optimizer_hparams, initial_weights, dataset)
+
+    @tff.federated_computation(
+        init_fn.type_signature.result,
+        tff.FederatedType(weights_type, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS))
+    def next_fn(state, weights, client_data):
+        results, metrics = tff.federated_map(
+            client_computation,
+            (tff.federated_broadcast(state), weights, client_data))
+        totals = tff.federated_sum(metrics)
+        return tff.templates.MeasuredProcessOutput(
+            state=state, result=results,
+            measurements=tff.federated_zip(collections.OrderedDict(train=totals)))
+
+    @tff.tensorflow.computation(state_type)
+    def get_hparams_fn(state):
+        return state
+
+    @tff.tensorflow.computation(state_type, state_type)
+    def set_hparams_fn(state, new_hparams):
+        del state
+        return new_hparams
+
+    return tff.learning.templates.ClientWorkProcess(
+        init_fn, next_fn, get_hparams_fn=get_hparams_fn,
+        set_hparams_fn=set_hparams_fn)

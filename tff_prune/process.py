@@ -1,0 +1,157 @@
+"""`build_federated_pruning_process`: the method as one TFF LearningProcess.
+
+Composed from `tff.learning.templates` parts:
+
+  broadcast (dense weights + wrapper masks + pruning step)
+    -> client work (masked local training, Taylor scores / mask votes)
+    -> aggregator (masked weighted mean of deltas, weighted means of the rest)
+    -> finalizer (server optimizer, then the scheduled mask update)
+
+`get_model_weights` returns the masked model (what clients train and what
+is exported); the state keeps dense weights so refinement can revive weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tasks import base
+from tff_prune import aggregation
+from tff_prune import client_work as client_work_lib
+from tff_prune import config as config_lib
+from tff_prune import finalizer as finalizer_lib
+from tff_prune import mask_policy
+from tff_prune import wrappers
+
+
+@dataclasses.dataclass
+class FederatedPruningProcess:
+    """The learning process and what callers need to use its weights."""
+
+    process: tff.learning.templates.LearningProcess
+    model_fn: Callable[[], tf.keras.Model]
+    index: wrappers.PrunableWeightIndex
+    decider: mask_policy.MaskDecider
+    prunable_layers: list[str]
+
+
+def masked_model_weights(weights: tff.learning.models.ModelWeights,
+                         index: wrappers.PrunableWeightIndex,
+                         mask_biases: bool) -> tff.learning.models.ModelWeights:
+    """The model clients see: every masked weight set to exactly zero."""
+    trainable = list(weights.trainable)
+    masks = client_work_lib.weight_masks(list(weights.non_trainable), index,
+                                         len(trainable), mask_biases)
+    return tff.learning.models.ModelWeights(
+        trainable=tuple(t if m is None else t * tf.cast(m, t.dtype)
+                        for t, m in zip(trainable, masks)),
+        non_trainable=tuple(weights.non_trainable))
+
+
+def initial_model_weights(model_fn: Callable[[], tf.keras.Model],
+                          index: wrappers.PrunableWeightIndex, seed: int
+                          ) -> tff.learning.models.ModelWeights:
+    """Seeded initial weights (numpy), masks all ones, pruning step 1."""
+    tf.keras.utils.set_random_seed(seed)
+    model = model_fn()
+    weights = tff.learning.models.ModelWeights.from_model(model)
+    trainable = [np.asarray(v.numpy()) for v in weights.trainable]
+    non_trainable = [np.asarray(v.numpy()) for v in weights.non_trainable]
+    for pos in index.step_index:
+        non_trainable[pos] = np.asarray(1, non_trainable[pos].dtype)
+    return tff.learning.models.ModelWeights(trainable, non_trainable)
+
+
+def _validate_optimizer_hparams(client_optimizer, server_optimizer):
+    for name, opt in (("client", client_optimizer), ("server", server_optimizer)):
+        if not isinstance(opt, tff.learning.optimizers.Optimizer):
+            raise TypeError(f"{name}_optimizer must be a tff.learning.optimizers."
+                            f"Optimizer, got {type(opt).__name__}")
+
+
+def build_federated_pruning_process(
+    task: base.FederatedTask,
+    pruning: config_lib.PruningConfig,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    server_optimizer: tff.learning.optimizers.Optimizer,
+    delta_aggregator: Optional[aggregation.MaskedWeightedMeanFactory] = None,
+    seed: int = 0,
+    num_heads: Optional[int] = None,
+) -> FederatedPruningProcess:
+    """Federated pruning of `task`'s model as a `LearningProcess`.
+
+    Args:
+      task: model, data and loss.
+      pruning: scheme, importance, allocation, mask policy and schedule.
+      client_optimizer / server_optimizer: `tff.learning.optimizers`.
+      delta_aggregator: how deltas are averaged; stack TFF clipping/DP sum
+        factories under it via its `value_sum_factory`.
+      seed: initial weights.
+      num_heads: attention heads (for `--structure=head`); read from the
+        task's model config when None.
+    """
+    _validate_optimizer_hparams(client_optimizer, server_optimizer)
+    reference = task.build_model()
+    prunable = (wrappers.select_prunable_layers(reference, pruning.exclude_layers)
+                if pruning.enabled else [])
+    if pruning.enabled and not prunable:
+        raise config_lib.ConfigError(
+            f"--exclude_layers={pruning.exclude_layers!r} leaves no prunable layer")
+
+    def model_fn() -> tf.keras.Model:
+        return wrappers.wrap_for_pruning(task.build_model(), prunable)
+
+    index = wrappers.index_prunable_weights(model_fn())
+    if num_heads is None:
+        num_heads = getattr(getattr(task, "model_config", None), "num_heads", 1)
+    decider = mask_policy.MaskDecider(pruning, index, num_heads)
+    initial = initial_model_weights(model_fn, index, seed)
+
+    @tff.tensorflow.computation
+    def initial_weights_fn():
+        return tff.learning.models.ModelWeights(
+            trainable=tuple(tf.constant(t) for t in initial.trainable),
+            non_trainable=tuple(tf.constant(t) for t in initial.non_trainable))
+
+    weights_type = initial_weights_fn.type_signature.result
+    schedule = pruning.schedule
+
+    def vote_sparsity(round_num):
+        # The server updates masks after this round when the schedule says so.
+        if pruning.policy == "fixed":
+            return tf.constant(-1.0)
+        return tf.where(schedule.should_update_masks(round_num),
+                        tf.cast(schedule.sparsity(round_num), tf.float32), -1.0)
+
+    client_work = client_work_lib.build_pruning_client_work(
+        task, model_fn, index, pruning, client_optimizer,
+        propose_masks_fn=decider.from_scores, sparsity_for_round_fn=vote_sparsity)
+    client_result_type = client_work.next.type_signature.result.result.member
+    aggregator = aggregation.PruningUpdateAggregatorFactory(delta_aggregator).create(
+        client_result_type.update, client_result_type.update_weight)
+    finalizer = finalizer_lib.build_pruning_finalizer(
+        server_optimizer, weights_type, aggregator.next.type_signature.result.result.member,
+        index, pruning, decider)
+    composed = tff.learning.templates.compose_learning_process(
+        initial_weights_fn,
+        tff.learning.templates.build_broadcast_process(weights_type),
+        client_work, aggregator, finalizer)
+
+    state_type = composed.next.type_signature.parameter[0].member
+
+    @tff.tensorflow.computation(state_type)
+    def get_masked_model_weights(state):
+        return masked_model_weights(state.global_model_weights, index,
+                                    pruning.masks_biases)
+
+    process = tff.learning.templates.LearningProcess(
+        composed.initialize, composed.next, get_masked_model_weights,
+        composed.set_model_weights, get_hparams_fn=composed.get_hparams,
+        set_hparams_fn=composed.set_hparams)
+    return FederatedPruningProcess(process, model_fn, index, decider, prunable)

@@ -1,0 +1,169 @@
+"""tfmot pruning wrappers on a task's Keras model, driven by our processes.
+
+Each prunable layer is wrapped with `tfmot.sparsity.keras.prune_low_magnitude`
+so that its mask lives where tfmot keeps it (the wrapper's non-trainable
+`mask` variable, hence in `ModelWeights.non_trainable`, broadcast with the
+weights) and `strip_pruning` works at export. The wrappers never decide masks
+themselves: their schedule, `ServerDrivenSchedule`, never asks for a mask
+update, because masks are computed by the server (or by client votes) and
+written into the wrappers by our TFF computations. Clients set the wrappers'
+`pruning_step` (tfmot refuses to train without it) and re-apply masks after
+every optimizer step, since TFF never calls tfmot's Keras callbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+# DepthwiseConv2D is in tfmot's registry, but tfmot 0.7.5's wrapper creates no
+# mask for its `depthwise_kernel`; it is tiny (k x C) and stays dense. Channel
+# pruning still removes whole channels through the pointwise kernels around it.
+PRUNABLE_LAYER_TYPES = (tf.keras.layers.Dense, tf.keras.layers.Conv2D)
+# The first subsampling conv (tiny, sees raw features) and the output layer
+# (one column per character) are kept dense by default, as is usual.
+DEFAULT_EXCLUDE_LAYERS = r"^(subsample_conv1|ctc_output)$"
+_WRAPPER_PREFIX = "prune_low_magnitude_"
+
+
+class ServerDrivenSchedule(pruning_schedule.PruningSchedule):
+    """A tfmot schedule that never updates masks: the server decides them."""
+
+    def __call__(self, step):
+        return tf.constant(False), tf.constant(0.0, tf.float32)
+
+    def get_config(self):
+        return {"class_name": self.__class__.__name__, "config": {}}
+
+
+def kernel_attribute(layer: tf.keras.layers.Layer) -> str:
+    """Name of the weight tfmot masks in `layer` ('kernel' or 'depthwise_kernel')."""
+    if isinstance(layer, tf.keras.layers.DepthwiseConv2D):
+        return "depthwise_kernel"
+    return "kernel"
+
+
+def weight_key(variable: tf.Variable) -> str:
+    """'layer/var' key of a model variable, wrapper prefix and ':0' removed."""
+    name = variable.name.split(":")[0]
+    return name[len(_WRAPPER_PREFIX):] if name.startswith(_WRAPPER_PREFIX) else name
+
+
+def select_prunable_layers(model: tf.keras.Model,
+                           exclude_layers: str = DEFAULT_EXCLUDE_LAYERS) -> list[str]:
+    """Names of the model's wrappable layers that `exclude_layers` doesn't match."""
+    try:
+        pattern = re.compile(exclude_layers) if exclude_layers else None
+    except re.error as e:
+        raise ValueError(f"--exclude_layers is not a valid regex: {e}") from None
+    return [layer.name for layer in model.layers
+            if isinstance(layer, PRUNABLE_LAYER_TYPES)
+            and not (pattern and pattern.search(layer.name))]
+
+
+def wrap_for_pruning(model: tf.keras.Model, prunable_layers: Sequence[str]
+                     ) -> tf.keras.Model:
+    """Clone of `model` with each named layer inside a tfmot pruning wrapper.
+
+    The clone is built with fresh weights; callers copy weights as needed.
+    """
+    names = set(prunable_layers)
+
+    def clone(layer):
+        if layer.name in names:
+            return tfmot.sparsity.keras.prune_low_magnitude(
+                layer.__class__.from_config(layer.get_config()),
+                pruning_schedule=ServerDrivenSchedule())
+        return layer.__class__.from_config(layer.get_config())
+
+    with tfmot.sparsity.keras.prune_scope():
+        return tf.keras.models.clone_model(model, clone_function=clone)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunableWeightIndex:
+    """Where each prunable kernel, its bias and its mask sit in ModelWeights.
+
+    `trainable` / `non_trainable` positions index the lists of
+    `tff.learning.models.ModelWeights.from_model(wrapped_model)`.
+    """
+
+    keys: tuple[str, ...]                 # 'layer/kernel' per prunable kernel
+    kernel_index: tuple[int, ...]         # into ModelWeights.trainable
+    bias_index: tuple[Optional[int], ...]  # into ModelWeights.trainable
+    mask_index: tuple[int, ...]           # into ModelWeights.non_trainable
+    step_index: tuple[int, ...]           # pruning_step, into non_trainable
+    shapes: tuple[tuple[int, ...], ...]
+    depthwise: tuple[bool, ...]           # kernel is [kh, kw, channels, 1]
+    trainable_keys: tuple[str, ...]       # key of every trainable weight
+    trainable_shapes: tuple[tuple[int, ...], ...]
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{key: shape} of every trainable weight (for unit structures)."""
+        return dict(zip(self.trainable_keys, self.trainable_shapes))
+
+    @property
+    def bias_keys(self) -> tuple[Optional[str], ...]:
+        return tuple(None if i is None else self.trainable_keys[i]
+                     for i in self.bias_index)
+
+
+def index_prunable_weights(wrapped: tf.keras.Model) -> PrunableWeightIndex:
+    """Maps the wrapped model's prunable kernels to ModelWeights positions."""
+    trainable_keys = [weight_key(v) for v in wrapped.trainable_weights]
+    trainable_pos = {k: i for i, k in enumerate(trainable_keys)}
+    non_trainable_pos = {v.name.split(":")[0]: i
+                         for i, v in enumerate(wrapped.non_trainable_weights)}
+    keys, kernels, biases, masks, steps, shapes, depthwise = ([] for _ in range(7))
+    for layer in wrapped.layers:
+        if not isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+            continue
+        inner = layer.layer
+        attr = kernel_attribute(inner)
+        key = f"{inner.name}/{attr}"
+        keys.append(key)
+        kernels.append(trainable_pos[key])
+        biases.append(trainable_pos.get(f"{inner.name}/bias"))
+        masks.append(non_trainable_pos[f"{layer.name}/mask"])
+        steps.append(non_trainable_pos[f"{layer.name}/pruning_step"])
+        shapes.append(tuple(getattr(inner, attr).shape.as_list()))
+        depthwise.append(isinstance(inner, tf.keras.layers.DepthwiseConv2D))
+    return PrunableWeightIndex(
+        keys=tuple(keys), kernel_index=tuple(kernels), bias_index=tuple(biases),
+        mask_index=tuple(masks), step_index=tuple(steps), shapes=tuple(shapes),
+        depthwise=tuple(depthwise), trainable_keys=tuple(trainable_keys),
+        trainable_shapes=tuple(tuple(v.shape.as_list())
+                               for v in wrapped.trainable_weights))
+
+
+def bias_mask_from_kernel_mask(kernel_mask: tf.Tensor, depthwise: bool) -> tf.Tensor:
+    """1 for each output unit that keeps any incoming weight, else 0.
+
+    Output units are the kernel's last axis for Dense/Conv2D ([..., out]) and
+    axis 2 for DepthwiseConv2D ([kh, kw, channels, multiplier=1]); a unit whose
+    incoming weights are all pruned loses its bias too, so that structured
+    pruning removes whole units (and the model can be compacted).
+    """
+    rank = kernel_mask.shape.rank
+    if depthwise:
+        return tf.reduce_max(kernel_mask, axis=[0, 1, 3])
+    return tf.reduce_max(kernel_mask, axis=list(range(rank - 1)))
+
+
+def model_weights_type(model: tf.keras.Model) -> tff.types.Type:
+    """TFF type of `tff.learning.models.ModelWeights.from_model(model)`."""
+    return tff_type(tff.learning.models.ModelWeights.from_model(model))
+
+
+def tff_type(structure) -> tff.types.Type:
+    """TFF type of a structure of `tf.TensorSpec`s, tensors or variables."""
+    return tff.types.to_type(tf.nest.map_structure(
+        lambda v: tff.TensorType(v.dtype.as_numpy_dtype, v.shape.as_list()), structure))
