@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+# Replaces TFF's default context (which would start an unowned worker) before
+# any test can touch it; tests get workers only from the `tff_runtime` fixture.
+import tff_prune.runtime  # noqa: F401  pylint: disable=unused-import
+
 # 4 train + 2 held-out test speakers x 6 utterances; ~0.5 s to synthesize.
 TINY_CORPUS_PARAMS = {
     "num_train_speakers": 4,
@@ -32,3 +36,26 @@ def tiny_corpus_dir(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("tiny_corpus") / "corpus"
     # In-process (num_workers=1): a spawn pool would cost more than the synthesis.
     return generate_synthetic_corpus(str(root), num_workers=1, **TINY_CORPUS_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tiny_corpus_dir):
+    """The ASR task on the tiny corpus: tiny Conformer, no dropout, batch 4."""
+    import os
+
+    from tasks.asr import librispeech
+    from tasks.asr import task as task_lib
+
+    train = librispeech.load_librispeech(os.path.join(tiny_corpus_dir, "train"))
+    test = librispeech.load_librispeech(os.path.join(tiny_corpus_dir, "test"))
+    return task_lib.AsrTask(train, test, task_lib.AsrTaskConfig(
+        model_size="tiny", dropout=0.0, batch_size=4))
+
+
+@pytest.fixture(scope="session")
+def tff_runtime(tmp_path_factory):
+    """One owned TFF runtime for the whole session (workers stopped at the end)."""
+    from tff_prune import runtime
+
+    with runtime.local_runtime(log_dir=str(tmp_path_factory.mktemp("tff_logs"))) as rt:
+        yield rt

@@ -8,13 +8,6 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_prune import aggregation
-from tff_prune import runtime
-
-
-@pytest.fixture(scope="module")
-def tff_runtime():
-    with runtime.local_runtime() as rt:
-        yield rt
 
 
 def _value_type(shape):

@@ -30,8 +30,12 @@ class MaskDecider:
         self.structure = None
         if pruning.enabled and pruning.scheme != "m_by_n" and index.keys:
             layers = [key.rsplit("/", 1)[0] for key in index.keys]
+            # Only prunable layers take part: a coupling through a layer that
+            # is never pruned (the depthwise conv) is seen as a direct one.
+            shapes = {k: s for k, s in index.weight_shapes().items()
+                      if k.rsplit("/", 1)[0] in layers}
             self.structure = conformer_units.build_unit_structure(
-                index.weight_shapes(), pruning.scheme, pruning.structure,
+                shapes, pruning.scheme, pruning.structure,
                 layers, num_heads, pruning.block_shape)
 
     @property

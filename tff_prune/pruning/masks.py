@@ -239,6 +239,8 @@ def select_dropped(keys: tf.Tensor, structure: UnitStructure, sparsity: Sparsity
     (the lowest keys must be exactly these units).
     """
     n = structure.num_units
+    if n == 0:
+        return tf.zeros([0], tf.bool)
     layout = _layout(structure, per_layer)
     layer = _static(layout["layer"], tf.int32)
     pos_layer = _static(layout["pos_layer"], tf.int32)  # budget layer of each sorted position

@@ -57,7 +57,8 @@ class UnitStructure:
         element, ``-1`` for none. Only keys with at least one unit appear.
       shared_unit_ids: ``{key: int32 array}``, the second unit of elements
         that belong to two units (``-1`` elsewhere); usually empty.
-      kernel_keys: Kernels covered by the structure; sparsity is measured on
+      kernel_keys: Kernels (``kernel`` and ``depthwise_kernel`` weights) covered
+        by the structure; sparsity is measured on
         exactly these (biases may be masked but are never counted).
       unit_layer: ``int32 [U]``, budget layer of each unit (index into
         ``layer_names``). ``uniform`` allocation prunes each budget layer to

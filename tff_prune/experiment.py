@@ -1,0 +1,351 @@
+"""The experiment program: one federated (or centralized) pruning run.
+
+`run(config)` builds the task and the process, trains for the configured
+rounds inside an owned TFF runtime, evaluates on held-out speakers, and
+leaves behind, in `root_output_dir/experiment_name/`:
+
+  metrics.csv     one row per round (loss, sparsity, mask updates, seconds)
+  eval.csv        held-out loss / WER / CER every `eval_every_rounds` and at the end
+  summary.json    flags, final metrics, model sizes, wall time, versions
+  final_model/    the masked model's Keras weights (+ model config)
+  logs/           the TFF worker's log
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+import tensorflow_model_optimization as tfmot
+from absl import logging
+
+from tasks.asr import data as data_lib
+from tasks.asr import task as task_lib
+from tasks.asr.corpus import CorpusError
+from tff_prune import aggregation
+from tff_prune import centralized
+from tff_prune import config as config_lib
+from tff_prune import federated_eval
+from tff_prune import process as process_lib
+from tff_prune import runtime
+from tff_prune import wrappers
+from tff_prune.pruning import stats
+
+OPTIMIZERS = ("sgd", "sgdm", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedConfig:
+    """Rounds, cohort and optimizers of a federated run."""
+
+    total_rounds: int = 60
+    clients_per_round: int = 10
+    client_epochs: int = 2
+    client_optimizer: str = "adam"
+    client_learning_rate: float = 1e-3
+    server_optimizer: str = "sgd"
+    server_learning_rate: float = 1.0
+    clip_norm: float = 0.0
+    eval_every_rounds: int = 10
+
+    def __post_init__(self):
+        for name in ("total_rounds", "clients_per_round", "client_epochs",
+                     "eval_every_rounds"):
+            if getattr(self, name) < 1:
+                raise config_lib.ConfigError(f"--{name} must be >= 1, not {getattr(self, name)}")
+        for name in ("client_optimizer", "server_optimizer"):
+            if getattr(self, name) not in OPTIMIZERS:
+                raise config_lib.ConfigError(
+                    f"--{name}={getattr(self, name)!r} is not one of: {', '.join(OPTIMIZERS)}")
+        for name in ("client_learning_rate", "server_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise config_lib.ConfigError(f"--{name} must be > 0")
+        if self.clip_norm < 0:
+            raise config_lib.ConfigError("--clip_norm must be >= 0 (0 = no clipping)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run needs; built from flags by `run_experiment.py`."""
+
+    mode: str = "federated"
+    root_output_dir: str = "experiments"
+    experiment_name: str = "default"
+    seed: int = 0
+    corpus: data_lib.CorpusConfig = data_lib.CorpusConfig()
+    task: task_lib.AsrTaskConfig = task_lib.AsrTaskConfig()
+    pruning: config_lib.PruningConfig = dataclasses.field(
+        default_factory=config_lib.PruningConfig)
+    federated: FederatedConfig = FederatedConfig()
+    centralized: centralized.CentralizedConfig = centralized.CentralizedConfig()
+
+    def __post_init__(self):
+        if self.mode not in ("federated", "centralized"):
+            raise config_lib.ConfigError(
+                f"--mode={self.mode!r} is not one of: federated, centralized")
+        if self.mode == "centralized" and self.pruning.enabled:
+            raise config_lib.ConfigError(
+                "--mode=centralized supports --pruning=none only (centralized "
+                "pruning is not built yet)")
+
+    @property
+    def output_dir(self) -> str:
+        return os.path.join(self.root_output_dir, self.experiment_name)
+
+
+def build_optimizer(name: str, learning_rate: float) -> tff.learning.optimizers.Optimizer:
+    """A `tff.learning.optimizers` optimizer by flag name."""
+    if name == "sgd":
+        return tff.learning.optimizers.build_sgdm(learning_rate)
+    if name == "sgdm":
+        return tff.learning.optimizers.build_sgdm(learning_rate, momentum=0.9)
+    return tff.learning.optimizers.build_adam(learning_rate)
+
+
+def prepare_output_dir(path: str) -> None:
+    """Creates the output dir or fails with one line if it can't be written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise config_lib.ConfigError(
+            f"output directory {path} is not writable: {e.strerror}") from None
+
+
+class CsvWriter:
+    """Appends rows to a CSV file, writing the header once; flushes each row."""
+
+    def __init__(self, path: str, columns: list[str]):
+        self.path, self.columns = path, columns
+        new = not os.path.exists(path)
+        self._file = open(path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=columns,
+                                      extrasaction="ignore")
+        if new:
+            self._writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self._writer.writerow({k: _fmt(row.get(k, "")) for k in self.columns})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _fmt(value):
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+TRAIN_COLUMNS = ["round", "phase", "train_loss", "num_examples", "sparsity",
+                 "masks_updated", "mask_change_fraction", "vote_agreement",
+                 "round_seconds"]
+EVAL_COLUMNS = ["round", "loss", "wer", "cer", "num_examples", "sparsity"]
+
+
+def _scalar(x) -> Any:
+    return np.asarray(x).item()
+
+
+def kernel_sparsity(weights: tff.learning.models.ModelWeights,
+                    index: wrappers.PrunableWeightIndex) -> dict[str, float]:
+    """Fraction of exact zeros per prunable kernel and overall."""
+    kernels = {k: np.asarray(weights.trainable[i])
+               for k, i in zip(index.keys, index.kernel_index)}
+    per_layer = {k: float(np.mean(v == 0)) for k, v in kernels.items()}
+    total = sum(v.size for v in kernels.values())
+    overall = (sum(float(np.sum(v == 0)) for v in kernels.values()) / total
+               if total else 0.0)
+    return {"overall": overall, **per_layer}
+
+
+def model_sizes(weights: tff.learning.models.ModelWeights) -> dict[str, int]:
+    """Parameter counts and dense / sparse byte estimates of the masked model."""
+    tensors = {str(i): np.asarray(t) for i, t in enumerate(weights.trainable)}
+    params = int(sum(t.size for t in tensors.values()))
+    nonzero = int(sum(np.count_nonzero(t) for t in tensors.values()))
+    return {"params": params, "nonzero_params": nonzero,
+            "dense_bytes": int(stats.dense_bytes(tensors)),
+            "sparse_bytes": int(np.asarray(stats.sparse_bytes(tensors)))}
+
+
+def build_task(config: ExperimentConfig) -> task_lib.AsrTask:
+    train, test = data_lib.load_corpora(config.corpus)
+    return task_lib.AsrTask(train, test, config.task)
+
+
+def run(config: ExperimentConfig,
+        on_round: Optional[Callable[[dict], None]] = None) -> dict:
+    """Runs one experiment; returns the summary (also written to summary.json)."""
+    start = time.monotonic()
+    out = config.output_dir
+    prepare_output_dir(out)
+    task = build_task(config)
+    if config.mode == "federated":
+        if config.federated.clients_per_round > len(task.train_client_ids):
+            raise config_lib.ConfigError(
+                f"--clients_per_round={config.federated.clients_per_round} is larger "
+                f"than the training population ({len(task.train_client_ids)} speakers)")
+        result = _run_federated(config, task, on_round)
+    else:
+        result = _run_centralized(config, task)
+    summary = {
+        "config": _jsonable(dataclasses.asdict(config)),
+        "task": task.describe(),
+        "final": result["final"],
+        "model": result["model"],
+        "wall_seconds": time.monotonic() - start,
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "tensorflow_federated": tff.__version__},
+        "outputs": result["outputs"],
+    }
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    return summary
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "get_config"):
+        return value.get_config()
+    return str(value)
+
+
+def _save_model(model: tf.keras.Model, weights, out: str, config: ExperimentConfig) -> str:
+    """Saves the masked model without its pruning wrappers (Keras weights)."""
+    path = os.path.join(out, "final_model")
+    os.makedirs(path, exist_ok=True)
+    weights.assign_weights_to(model)
+    if config.pruning.enabled:
+        model = tfmot.sparsity.keras.strip_pruning(model)
+    model.save_weights(os.path.join(path, "weights"))
+    with open(os.path.join(path, "model_config.json"), "w") as f:
+        json.dump({"model": _jsonable(dataclasses.asdict(config.task.model_config())),
+                   "task": _jsonable(dataclasses.asdict(config.task))}, f, indent=2)
+    return path
+
+
+def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
+                   on_round: Optional[Callable[[dict], None]]) -> dict:
+    fed = config.federated
+    out = config.output_dir
+    delta_factory = None
+    if fed.clip_norm > 0:
+        delta_factory = aggregation.MaskedWeightedMeanFactory(
+            value_sum_factory=tff.aggregators.clipping_factory(
+                fed.clip_norm, tff.aggregators.SumFactory()))
+    built = process_lib.build_federated_pruning_process(
+        task, config.pruning,
+        client_optimizer=build_optimizer(fed.client_optimizer, fed.client_learning_rate),
+        server_optimizer=build_optimizer(fed.server_optimizer, fed.server_learning_rate),
+        delta_aggregator=delta_factory, seed=config.seed)
+    evaluate = federated_eval.build_federated_evaluation(
+        task, built.model_fn, built.index, config.pruning.masks_biases)
+    test_data = [task.client_dataset(c, training=False) for c in task.test_client_ids]
+    train_csv = CsvWriter(os.path.join(out, "metrics.csv"), TRAIN_COLUMNS)
+    eval_csv = CsvWriter(os.path.join(out, "eval.csv"), EVAL_COLUMNS)
+    schedule = config.pruning.schedule
+    rng = np.random.default_rng(config.seed)
+    final_eval: dict = {}
+    with runtime.local_runtime(log_dir=os.path.join(out, "logs")):
+        state = built.process.initialize()
+        for round_num in range(1, fed.total_rounds + 1):
+            round_start = time.monotonic()
+            cohort = sorted(rng.choice(task.train_client_ids, fed.clients_per_round,
+                                       replace=False))
+            datasets = [task.client_dataset(c, training=True,
+                                            seed=config.seed * 1_000_003 + round_num * 1009 + i)
+                        .repeat(fed.client_epochs)
+                        for i, c in enumerate(cohort)]
+            output = built.process.next(state, datasets)
+            state = output.state
+            train = output.metrics["client_work"]["train"]
+            fin = output.metrics["finalizer"]
+            row = {
+                "round": round_num,
+                "phase": schedule.phase(round_num) if config.pruning.enabled else "dense",
+                "train_loss": _scalar(train["loss_sum"]) / max(_scalar(train["num_examples"]), 1),
+                "num_examples": _scalar(train["num_examples"]),
+                "sparsity": _scalar(fin["sparsity"]) if "sparsity" in fin else 0.0,
+                "masks_updated": int(_scalar(fin["masks_updated"])) if "masks_updated" in fin else 0,
+                "mask_change_fraction": (_scalar(fin["mask_change_fraction"])
+                                         if "mask_change_fraction" in fin else 0.0),
+                "vote_agreement": (_scalar(fin["vote_agreement"])
+                                   if "vote_agreement" in fin else ""),
+                "round_seconds": time.monotonic() - round_start,
+            }
+            train_csv.write(row)
+            last = round_num == fed.total_rounds
+            if last or round_num % fed.eval_every_rounds == 0:
+                weights = built.process.get_model_weights(state)
+                metrics = federated_eval.finalize_eval_sums(evaluate(weights, test_data))
+                metrics["sparsity"] = kernel_sparsity(weights, built.index)["overall"]
+                eval_csv.write({"round": round_num, **metrics})
+                row.update({f"eval_{k}": v for k, v in metrics.items()})
+                final_eval = metrics
+            logging.info("round %d: %s", round_num, row)
+            if on_round is not None:
+                on_round(row)
+        weights = built.process.get_model_weights(state)
+    train_csv.close()
+    eval_csv.close()
+    model_dir = _save_model(built.model_fn(), weights, out, config)
+    sparsity = kernel_sparsity(weights, built.index)
+    return {
+        "final": {**final_eval, "sparsity_per_layer": sparsity},
+        "model": {**model_sizes(weights), "prunable_layers": built.prunable_layers},
+        "outputs": {"metrics_csv": os.path.join(out, "metrics.csv"),
+                    "eval_csv": os.path.join(out, "eval.csv"),
+                    "final_model": model_dir, "worker_log": os.path.join(out, "logs")},
+    }
+
+
+def _run_centralized(config: ExperimentConfig, task: task_lib.AsrTask) -> dict:
+    out = config.output_dir
+    eval_csv = CsvWriter(os.path.join(out, "eval.csv"), ["epoch"] + EVAL_COLUMNS[1:])
+    train_csv = CsvWriter(os.path.join(out, "metrics.csv"),
+                          ["epoch", "train_loss", "epoch_seconds", "elapsed_seconds"])
+
+    def on_epoch_end(epoch, record):
+        train_csv.write(record)
+        if "test_wer" in record:
+            eval_csv.write({"epoch": epoch, **{k[5:]: v for k, v in record.items()
+                                               if k.startswith("test_")}})
+
+    model, history = centralized.train_centralized(
+        task, dataclasses.replace(config.centralized, seed=config.seed),
+        on_epoch_end=on_epoch_end)
+    train_csv.close()
+    eval_csv.close()
+    final = {k[5:]: v for k, v in history[-1].items()
+             if k.startswith("test_") and k != "test_examples"}
+    weights = tff.learning.models.ModelWeights.from_model(model)
+    path = os.path.join(out, "final_model")
+    os.makedirs(path, exist_ok=True)
+    model.save_weights(os.path.join(path, "weights"))
+    return {"final": final, "model": model_sizes(weights),
+            "outputs": {"metrics_csv": os.path.join(out, "metrics.csv"),
+                        "eval_csv": os.path.join(out, "eval.csv"), "final_model": path}}
+
+
+USER_ERRORS = (config_lib.ConfigError, CorpusError)

@@ -1,0 +1,141 @@
+"""absl flags of `run_experiment.py`, and their translation into configs."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from tasks.asr import data as data_lib
+from tasks.asr import task as task_lib
+from tff_prune import centralized
+from tff_prune import config as config_lib
+from tff_prune import experiment
+from tff_prune import wrappers
+from tff_prune.pruning import schedule as schedule_lib
+
+# -- run ---------------------------------------------------------------------
+flags.DEFINE_enum("mode", "federated", ["federated", "centralized"],
+                  "Federated pruning, or centralized training on pooled data.")
+flags.DEFINE_string("root_output_dir", "experiments", "Where experiments are written.")
+flags.DEFINE_string("experiment_name", None,
+                    "Subdirectory of --root_output_dir (default: from the method).")
+flags.DEFINE_integer("seed", 0, "Seed of weights, client sampling and data order.")
+
+# -- data and model ------------------------------------------------------------
+flags.DEFINE_string("corpus_dir", None,
+                    "LibriSpeech-layout directory (SPEAKER/CHAPTER/*.flac + "
+                    "*.trans.txt). Default: the built-in synthetic eSpeak corpus.")
+flags.DEFINE_string("test_corpus_dir", None,
+                    "Held-out LibriSpeech-layout directory (default: hold out "
+                    "--num_test_speakers speakers of --corpus_dir).")
+flags.DEFINE_integer("num_test_speakers", 20, "Held-out speakers.")
+flags.DEFINE_integer("num_train_speakers", 200, "Synthetic corpus: training speakers.")
+flags.DEFINE_integer("utterances_per_speaker", 30, "Synthetic corpus: utterances each.")
+flags.DEFINE_string("corpus_cache_dir", data_lib.DEFAULT_CACHE_DIR,
+                    "Synthetic corpus: where it is generated once and cached.")
+flags.DEFINE_bool("strict_data", False,
+                  "Fail on the first bad file instead of skipping bad files.")
+flags.DEFINE_enum("model_size", "small", list(task_lib.MODEL_PRESETS),
+                  "Conformer-CTC preset.")
+flags.DEFINE_float("dropout", 0.1, "Dropout rate of the Conformer.")
+
+# -- pruning -----------------------------------------------------------------
+flags.DEFINE_enum("pruning", "structured", list(config_lib.SCHEMES), "Pruning scheme.")
+flags.DEFINE_enum("structure", "column", list(config_lib.STRUCTURES),
+                  "Unit removed by --pruning=structured.")
+flags.DEFINE_enum("importance", "magnitude", list(config_lib.IMPORTANCES),
+                  "Weight magnitude, or client-side first-order Taylor |w * dL/dw|.")
+flags.DEFINE_enum("sparsity_distribution", "uniform", list(config_lib.DISTRIBUTIONS),
+                  "How the sparsity budget is shared across layers.")
+flags.DEFINE_enum("mask_policy", "server", list(config_lib.MASK_POLICIES),
+                  "Who decides the masks.")
+flags.DEFINE_enum("pruning_schedule", "step", ["constant", "step", "polynomial"],
+                  "How sparsity rises over rounds.")
+flags.DEFINE_float("target_sparsity", 0.5, "Final fraction of prunable weights removed.")
+flags.DEFINE_integer("prune_begin_round", 10, "First round whose end prunes.")
+flags.DEFINE_integer("prune_end_round", 30, "Round at which the target is reached.")
+flags.DEFINE_integer("prune_every_rounds", 5, "Rounds between mask updates.")
+flags.DEFINE_integer("refine_rounds", 10,
+                     "Rounds after --prune_end_round in which masks are re-decided at "
+                     "the target; then masks are frozen (fine-tuning).")
+flags.DEFINE_string("exclude_layers", wrappers.DEFAULT_EXCLUDE_LAYERS,
+                    "Regex of layer names never pruned.")
+flags.DEFINE_list("block_shape", ["1", "4"], "Block shape of --pruning=block (rows,cols).")
+
+# -- federated -----------------------------------------------------------------
+flags.DEFINE_integer("total_rounds", 60, "Federated rounds.")
+flags.DEFINE_integer("clients_per_round", 10, "Cohort size.")
+flags.DEFINE_integer("client_epochs", 2, "Local epochs per round.")
+flags.DEFINE_integer("client_batch_size", 8, "Local batch size (also centralized).")
+flags.DEFINE_enum("client_optimizer", "adam", list(experiment.OPTIMIZERS), "Client optimizer.")
+flags.DEFINE_float("client_learning_rate", 1e-3, "Client learning rate.")
+flags.DEFINE_enum("server_optimizer", "sgd", list(experiment.OPTIMIZERS), "Server optimizer.")
+flags.DEFINE_float("server_learning_rate", 1.0, "Server learning rate.")
+flags.DEFINE_float("clip_norm", 0.0, "Clip each client's weighted delta to this norm (0: off).")
+flags.DEFINE_integer("eval_every_rounds", 10, "Held-out evaluation cadence.")
+
+# -- centralized -------------------------------------------------------------
+flags.DEFINE_integer("centralized_epochs", 10, "Epochs of --mode=centralized.")
+flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate of --mode=centralized.")
+flags.DEFINE_integer("eval_every_epochs", 2, "Held-out evaluation cadence (centralized).")
+
+FLAGS = flags.FLAGS
+
+
+def default_experiment_name() -> str:
+    if FLAGS.mode == "centralized":
+        return f"centralized_{FLAGS.pruning}"
+    if FLAGS.pruning == "none":
+        return "fedavg_dense"
+    name = FLAGS.pruning + (f"_{FLAGS.structure}" if FLAGS.pruning == "structured" else "")
+    return f"{name}_{FLAGS.mask_policy}_s{int(round(FLAGS.target_sparsity * 100))}"
+
+
+def experiment_config_from_flags() -> experiment.ExperimentConfig:
+    """Validated `ExperimentConfig`; raises `ConfigError` with one line."""
+    try:
+        schedule = schedule_lib.PruningSchedule(
+            kind=FLAGS.pruning_schedule, target_sparsity=FLAGS.target_sparsity,
+            begin_round=FLAGS.prune_begin_round, end_round=FLAGS.prune_end_round,
+            every_rounds=FLAGS.prune_every_rounds, refine_rounds=FLAGS.refine_rounds)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
+    try:
+        block_shape = tuple(int(x) for x in FLAGS.block_shape)
+    except ValueError:
+        raise config_lib.ConfigError(
+            f"--block_shape must be two ints, not {','.join(FLAGS.block_shape)}") from None
+    if FLAGS.client_batch_size < 1:
+        raise config_lib.ConfigError("--client_batch_size must be >= 1")
+    if FLAGS.mode == "federated" and FLAGS.pruning != "none" and (
+            FLAGS.prune_end_round > FLAGS.total_rounds):
+        raise config_lib.ConfigError(
+            f"--prune_end_round={FLAGS.prune_end_round} is after the last round "
+            f"(--total_rounds={FLAGS.total_rounds})")
+    return experiment.ExperimentConfig(
+        mode=FLAGS.mode,
+        root_output_dir=FLAGS.root_output_dir,
+        experiment_name=FLAGS.experiment_name or default_experiment_name(),
+        seed=FLAGS.seed,
+        corpus=data_lib.CorpusConfig(
+            corpus_dir=FLAGS.corpus_dir, test_corpus_dir=FLAGS.test_corpus_dir,
+            num_test_speakers=FLAGS.num_test_speakers, strict=FLAGS.strict_data,
+            cache_dir=FLAGS.corpus_cache_dir, num_train_speakers=FLAGS.num_train_speakers,
+            utterances_per_speaker=FLAGS.utterances_per_speaker, seed=FLAGS.seed),
+        task=task_lib.AsrTaskConfig(model_size=FLAGS.model_size, dropout=FLAGS.dropout,
+                                    batch_size=FLAGS.client_batch_size),
+        pruning=config_lib.PruningConfig(
+            scheme=FLAGS.pruning, structure=FLAGS.structure, importance=FLAGS.importance,
+            distribution=FLAGS.sparsity_distribution, policy=FLAGS.mask_policy,
+            schedule=schedule, exclude_layers=FLAGS.exclude_layers,
+            block_shape=block_shape),
+        federated=experiment.FederatedConfig(
+            total_rounds=FLAGS.total_rounds, clients_per_round=FLAGS.clients_per_round,
+            client_epochs=FLAGS.client_epochs, client_optimizer=FLAGS.client_optimizer,
+            client_learning_rate=FLAGS.client_learning_rate,
+            server_optimizer=FLAGS.server_optimizer,
+            server_learning_rate=FLAGS.server_learning_rate, clip_norm=FLAGS.clip_norm,
+            eval_every_rounds=FLAGS.eval_every_rounds),
+        centralized=centralized.CentralizedConfig(
+            epochs=FLAGS.centralized_epochs, learning_rate=FLAGS.learning_rate,
+            eval_every_epochs=FLAGS.eval_every_epochs, seed=FLAGS.seed),
+    )
