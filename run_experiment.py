@@ -8,11 +8,31 @@
 See README.md for the flags that matter and what a run leaves behind.
 """
 
+import contextlib
 import os
 import sys
 
-# Keep TensorFlow's C++ start-up noise out of the user's terminal.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keep TensorFlow's C++ noise out of the user's terminal. (Not setdefault:
+# importing TensorFlow sets TF_CPP_MIN_LOG_LEVEL=1, which child processes of
+# a Python that imported TF would inherit.) TFF_PRUNE_TF_LOG_LEVEL=0 shows all.
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """TF 2.14 logs CUDA-plugin registration errors at import whatever the log
+    level; hide the C-level stderr while importing (Python errors still show)."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+        yield
+        return
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 from absl import app  # noqa: E402
 from absl import logging  # noqa: E402
@@ -54,6 +74,7 @@ def main(argv):
 if __name__ == "__main__":
     # Flags are defined on import of tff_prune.experiment_flags; import it here
     # (before parsing) but after the environment is set.
-    import tff_prune.experiment_flags  # noqa: F401,E402  pylint: disable=unused-import
+    with _native_stderr_silenced():
+        import tff_prune.experiment_flags  # noqa: F401,E402  pylint: disable=unused-import
     logging.set_verbosity(logging.WARNING)
     app.run(main)

@@ -37,7 +37,7 @@ class FederatedTask(abc.ABC):
 
     @abc.abstractmethod
     def client_dataset(self, client_id: str, *, training: bool,
-                                          seed: int = 0) -> tf.data.Dataset:
+                       seed: int = 0) -> tf.data.Dataset:
         """Batched dataset of one client (`batch_spec` elements)."""
 
     @abc.abstractmethod
@@ -51,12 +51,12 @@ class FederatedTask(abc.ABC):
 
     @abc.abstractmethod
     def batch_loss(self, model: tf.keras.Model, batch: Any,
-                                  training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+                   training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         """(mean loss over the batch's examples, number of examples)."""
 
     @abc.abstractmethod
     def predict_and_references(self, model: tf.keras.Model,
-                                                          batch: Any) -> tuple[tf.Tensor, tf.Tensor]:
+                               batch: Any) -> tuple[tf.Tensor, tf.Tensor]:
         """Decoded predictions and references as tf.string vectors, in graph."""
 
     @abc.abstractmethod

@@ -56,7 +56,7 @@ def _run_probe(tmp_path, mode):
     script = tmp_path / "probe.py"
     script.write_text(_PROBE)
     env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
-                          TF_CPP_MIN_LOG_LEVEL="3")
+               TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(
             [sys.executable, str(script), mode, str(tmp_path / "logs")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -136,8 +136,8 @@ def test_computation_outside_runtime_fails_loudly(tmp_path):
                 print("REFUSED", e)
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True,
-                                              text=True, env=dict(os.environ, PYTHONPATH=REPO),
-                                              timeout=120)
+                         text=True, env=dict(os.environ, PYTHONPATH=REPO),
+                         timeout=120)
     assert "REFUSED no TFF runtime is running" in out.stdout, out.stderr[-2000:]
     assert not [p for p in psutil.process_iter(["cmdline"])
                             if p.info["cmdline"] and "worker_binary" in p.info["cmdline"][0]

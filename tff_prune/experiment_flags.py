@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from absl import flags
 
 from tasks.asr import data as data_lib
@@ -75,10 +77,18 @@ flags.DEFINE_integer("eval_every_rounds", 10, "Held-out evaluation cadence.")
 
 # -- centralized -------------------------------------------------------------
 flags.DEFINE_integer("centralized_epochs", 10, "Epochs of --mode=centralized.")
+flags.DEFINE_integer("centralized_batch_size", 16, "Batch size of --mode=centralized.")
 flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate of --mode=centralized.")
 flags.DEFINE_integer("eval_every_epochs", 2, "Held-out evaluation cadence (centralized).")
 
 FLAGS = flags.FLAGS
+
+# PruningSchedule's argument names -> the flags that set them.
+_SCHEDULE_FLAG_NAMES = {
+    "kind": "--pruning_schedule", "target_sparsity": "--target_sparsity",
+    "begin_round": "--prune_begin_round", "end_round": "--prune_end_round",
+    "every_rounds": "--prune_every_rounds", "refine_rounds": "--refine_rounds",
+}
 
 
 def default_experiment_name() -> str:
@@ -98,14 +108,21 @@ def experiment_config_from_flags() -> experiment.ExperimentConfig:
             begin_round=FLAGS.prune_begin_round, end_round=FLAGS.prune_end_round,
             every_rounds=FLAGS.prune_every_rounds, refine_rounds=FLAGS.refine_rounds)
     except ValueError as e:
-        raise config_lib.ConfigError(str(e)) from None
+        # One line: the schedule lists each problem on its own line.
+        problems = [l.strip(" -") for l in str(e).splitlines()[1:] if l.strip()]
+        message = "; ".join(problems or [str(e)])
+        for name, flag in _SCHEDULE_FLAG_NAMES.items():
+            message = re.sub(rf"\b{name}\b", flag, message)
+        raise config_lib.ConfigError(f"invalid pruning schedule: {message}") from None
     try:
         block_shape = tuple(int(x) for x in FLAGS.block_shape)
     except ValueError:
         raise config_lib.ConfigError(
             f"--block_shape must be two ints, not {','.join(FLAGS.block_shape)}") from None
-    if FLAGS.client_batch_size < 1:
-        raise config_lib.ConfigError("--client_batch_size must be >= 1")
+    batch_size = (FLAGS.client_batch_size if FLAGS.mode == "federated"
+                  else FLAGS.centralized_batch_size)
+    if batch_size < 1:
+        raise config_lib.ConfigError("batch size must be >= 1")
     if FLAGS.mode == "federated" and FLAGS.pruning != "none" and (
             FLAGS.prune_end_round > FLAGS.total_rounds):
         raise config_lib.ConfigError(
@@ -122,7 +139,7 @@ def experiment_config_from_flags() -> experiment.ExperimentConfig:
             cache_dir=FLAGS.corpus_cache_dir, num_train_speakers=FLAGS.num_train_speakers,
             utterances_per_speaker=FLAGS.utterances_per_speaker, seed=FLAGS.seed),
         task=task_lib.AsrTaskConfig(model_size=FLAGS.model_size, dropout=FLAGS.dropout,
-                                    batch_size=FLAGS.client_batch_size),
+                                    batch_size=batch_size),
         pruning=config_lib.PruningConfig(
             scheme=FLAGS.pruning, structure=FLAGS.structure, importance=FLAGS.importance,
             distribution=FLAGS.sparsity_distribution, policy=FLAGS.mask_policy,

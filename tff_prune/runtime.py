@@ -92,7 +92,7 @@ class WorkerProcess:
         self._log_file = open(log_path, "ab")
         self.process = subprocess.Popen(
                 [binary, f"--port={self.port}",
-                  f"--max_concurrent_computation_calls={max_concurrent_computation_calls}"],
+                 f"--max_concurrent_computation_calls={max_concurrent_computation_calls}"],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
@@ -223,7 +223,7 @@ def local_runtime(
             # Block SIGINT/SIGTERM while stopping, so a second Ctrl-C cannot leave
             # a worker half stopped.
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK,
-                                                                              {signal.SIGINT, signal.SIGTERM})
+                                             {signal.SIGINT, signal.SIGTERM})
             try:
                 for worker in workers:
                     worker.stop()

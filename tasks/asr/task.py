@@ -43,7 +43,7 @@ class AsrTaskConfig:
     def model_config(self) -> model_lib.ConformerConfig:
         if self.model_size not in MODEL_PRESETS:
             raise ValueError(f"unknown model size {self.model_size!r}; "
-                                              f"choose one of {', '.join(MODEL_PRESETS)}")
+                             f"choose one of {', '.join(MODEL_PRESETS)}")
         preset = getattr(model_lib.ConformerConfig, self.model_size)
         return preset(num_mel_bins=self.feature.num_mel_bins, dropout=self.dropout)
 
@@ -79,7 +79,7 @@ def _pad_client(feats: list[np.ndarray], labels: list[list[int]],
 
 
 def ctc_feasible(utterance: Utterance, feature_config: features_lib.FeatureConfig,
-                                  ) -> bool:
+                 ) -> bool:
     """Whether CTC can align the transcript to the model's output frames."""
     if utterance.sample_rate != feature_config.sample_rate:
         return False
@@ -95,7 +95,7 @@ class AsrTask(base.FederatedTask):
     name = "asr"
 
     def __init__(self, train_corpus: SpeechCorpus, test_corpus: SpeechCorpus,
-                              config: AsrTaskConfig = AsrTaskConfig()):
+                 config: AsrTaskConfig = AsrTaskConfig()):
         self.config = config
         self.model_config = config.model_config()
         self.skipped: collections.Counter = collections.Counter()
@@ -159,27 +159,27 @@ class AsrTask(base.FederatedTask):
         return self._client_features(client_id, training).num_examples
 
     def client_dataset(self, client_id: str, *, training: bool,
-                                          seed: int = 0) -> tf.data.Dataset:
+                       seed: int = 0) -> tf.data.Dataset:
         return self._dataset([self._client_features(client_id, training)],
-                                                  training=training, seed=seed)
+                             training=training, seed=seed)
 
     def pooled_dataset(self, *, training: bool, seed: int = 0) -> tf.data.Dataset:
         ids = self.train_client_ids if training else self.test_client_ids
         self._featurize(ids, training)
         return self._dataset([self._client_features(c, training) for c in ids],
-                                                  training=training, seed=seed)
+                             training=training, seed=seed)
 
     def batch_loss(self, model: tf.keras.Model, batch: Any,
-                                  training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+                   training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         x, y = batch
         logits = model(x, training=training)
         logit_lengths = model_lib.output_lengths(x["feature_lengths"])
         per_example = ctc.ctc_loss(y["labels"], y["label_lengths"], logits,
-                                                              logit_lengths)
+                                   logit_lengths)
         return tf.reduce_mean(per_example), tf.shape(per_example)[0]
 
     def predict_and_references(self, model: tf.keras.Model,
-                                                          batch: Any) -> tuple[tf.Tensor, tf.Tensor]:
+                               batch: Any) -> tuple[tf.Tensor, tf.Tensor]:
         x, y = batch
         logits = model(x, training=False)
         hyps = ctc.greedy_decode_tf(logits, model_lib.output_lengths(x["feature_lengths"]))
@@ -217,7 +217,7 @@ class AsrTask(base.FederatedTask):
         feature_config = self.config.feature
         dataset = corpus.create_tf_dataset_for_clients(todo).map(
             lambda e: (features_lib.log_mel_features(e["audio"], feature_config),
-                       e["transcript"]),
+                 e["transcript"]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         elements = dataset.as_numpy_iterator()
         for client_id in todo:
@@ -230,7 +230,7 @@ class AsrTask(base.FederatedTask):
                 feats, labels, feature_config.num_mel_bins)
 
     def _dataset(self, clients: list[_ClientFeatures], *, training: bool,
-                              seed: int) -> tf.data.Dataset:
+                 seed: int) -> tf.data.Dataset:
         num_mels = self.config.feature.num_mel_bins
         parts = []
         for c in clients:

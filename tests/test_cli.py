@@ -1,0 +1,77 @@
+"""run_experiment.py from the command line: results, and one-line errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, timeout=600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, os.path.join(REPO, "run_experiment.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def _tiny_corpus_args(tiny_corpus_dir):
+    return [f"--corpus_dir={tiny_corpus_dir}/train",
+            f"--test_corpus_dir={tiny_corpus_dir}/test", "--model_size=tiny"]
+
+
+def _assert_one_line_error(result, *needles):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [l for l in result.stderr.splitlines() if "error" in l.lower()]
+    assert len(errors) == 1, result.stderr[-3000:]
+    message = errors[0]
+    for needle in needles:
+        assert needle in message, result.stderr[-3000:]
+
+
+def test_federated_run_prints_wer_cer_and_writes_results(tiny_corpus_dir, tmp_path):
+    result = _run([*_tiny_corpus_args(tiny_corpus_dir), "--pruning=structured",
+                   "--total_rounds=2", "--clients_per_round=2", "--client_epochs=1",
+                   "--prune_begin_round=1", "--prune_end_round=2", "--refine_rounds=0",
+                   "--prune_every_rounds=1", "--eval_every_rounds=1",
+                   f"--root_output_dir={tmp_path}", "--experiment_name=smoke"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out WER" in result.stdout and "CER" in result.stdout
+    out = tmp_path / "smoke"
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["final"]["cer"] and summary["final"]["wer"] >= 0.0
+    assert summary["final"]["sparsity_per_layer"]["overall"] > 0.3
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("round,") and len(rows) == 3
+    assert (out / "final_model" / "weights.index").exists()
+    assert (out / "logs" / "tff_worker.log").exists()
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--pruning=magic"], ["pruning", "magic"]),
+    (["--target_sparsity=1.2"], ["target_sparsity"]),
+    (["--pruning=m_by_n", "--target_sparsity=0.7"], ["m_by_n", "0.5"]),
+    (["--corpus_dir=/nonexistent/librispeech"], ["/nonexistent/librispeech", "does not exist"]),
+])
+def test_bad_flags_fail_with_one_line(tmp_path, args, needles):
+    _assert_one_line_error(_run([*args, f"--root_output_dir={tmp_path}"], timeout=300),
+                           *needles)
+
+
+def test_cohort_larger_than_population_fails_with_one_line(tiny_corpus_dir, tmp_path):
+    result = _run([*_tiny_corpus_args(tiny_corpus_dir), "--clients_per_round=50",
+                   f"--root_output_dir={tmp_path}"], timeout=300)
+    _assert_one_line_error(result, "--clients_per_round=50", "training population")
+
+
+def test_corrupt_audio_under_strict_data_fails_with_one_line(tiny_corpus_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(os.path.join(tiny_corpus_dir, "train"), corpus)
+    flac = sorted(corpus.rglob("*.flac"))[0]
+    flac.write_bytes(flac.read_bytes()[:200])
+    result = _run([f"--corpus_dir={corpus}", "--num_test_speakers=1", "--strict_data",
+                   f"--root_output_dir={tmp_path / 'out'}"], timeout=300)
+    _assert_one_line_error(result, flac.name)
