@@ -48,27 +48,60 @@ def main(argv):
     try:
         config = experiment_flags.experiment_config_from_flags()
         print(f"[tff-prune] {config.mode} run -> {config.output_dir}", flush=True)
-
-        def on_round(row):
-            line = (f"[round {row['round']:>4}] loss {row['train_loss']:.2f}  "
-                    f"sparsity {row['sparsity']:.3f}  {row['round_seconds']:.1f}s")
-            if "eval_wer" in row:
-                line += f"  held-out WER {row['eval_wer']:.3f} CER {row['eval_cer']:.3f}"
-            print(line, flush=True)
-
-        summary = experiment.run(config, on_round=on_round)
+        progress = _Progress(config, experiment_flags.FLAGS.progress)
+        try:
+            summary = experiment.run(config, on_round=progress.update,
+                                     overwrite=experiment_flags.FLAGS.overwrite)
+        finally:
+            progress.close()
     except experiment.USER_ERRORS as e:
         print(f"run_experiment.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("run_experiment.py: interrupted", file=sys.stderr)
+        print("run_experiment.py: interrupted (rerun the same command to resume "
+              "from the last checkpoint)", file=sys.stderr)
         return 130
     final = summary["final"]
     print(f"[tff-prune] held-out WER {final['wer']:.3f}  CER {final['cer']:.3f}  "
           f"loss {final['loss']:.3f}  ({summary['wall_seconds'] / 60:.1f} min)")
-    print(f"[tff-prune] results: {config.output_dir}/summary.json, metrics.csv, eval.csv; "
-          f"model: {summary['outputs']['final_model']}")
+    print(f"[tff-prune] results: {config.output_dir}/ (summary.json, metrics.csv, eval.csv, "
+          f"tensorboard/)")
+    print(f"[tff-prune] model:   {summary['outputs']['final_model']}")
     return 0
+
+
+class _Progress:
+    """A tqdm bar over rounds, or plain lines at evaluations when not interactive."""
+
+    def __init__(self, config, mode: str):
+        self.total = (config.federated.total_rounds if config.mode == "federated"
+                      else config.centralized.epochs)
+        self.enabled = mode == "on" or (mode == "auto" and sys.stdout.isatty())
+        self.bar = None
+        self.wer = None
+
+    def update(self, row: dict) -> None:
+        if "eval_wer" in row:
+            self.wer = row["eval_wer"]
+        if not self.enabled:
+            if "eval_wer" in row:
+                print(f"[round {row['round']}] loss {row['train_loss']:.2f}  "
+                      f"sparsity {row['sparsity']:.3f}  held-out WER {row['eval_wer']:.3f} "
+                      f"CER {row['eval_cer']:.3f}", flush=True)
+            return
+        if self.bar is None:
+            import tqdm  # pylint: disable=g-import-not-at-top
+            self.bar = tqdm.tqdm(total=self.total, initial=row["round"] - 1,
+                                 unit="round", dynamic_ncols=True)
+        postfix = {"loss": f"{row['train_loss']:.2f}", "sparsity": f"{row['sparsity']:.2f}"}
+        if self.wer is not None:
+            postfix["WER"] = f"{self.wer:.3f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 if __name__ == "__main__":

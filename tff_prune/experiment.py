@@ -13,11 +13,14 @@ leaves behind, in `root_output_dir/experiment_name/`:
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import csv
 import dataclasses
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any, Optional
@@ -81,6 +84,7 @@ class ExperimentConfig:
     root_output_dir: str = "experiments"
     experiment_name: str = "default"
     seed: int = 0
+    checkpoint_every_rounds: int = 5
     corpus: data_lib.CorpusConfig = data_lib.CorpusConfig()
     task: task_lib.AsrTaskConfig = task_lib.AsrTaskConfig()
     pruning: config_lib.PruningConfig = dataclasses.field(
@@ -92,6 +96,8 @@ class ExperimentConfig:
         if self.mode not in ("federated", "centralized"):
             raise config_lib.ConfigError(
                 f"--mode={self.mode!r} is not one of: federated, centralized")
+        if self.checkpoint_every_rounds < 1:
+            raise config_lib.ConfigError("--checkpoint_every_rounds must be >= 1")
         if self.mode == "centralized" and self.pruning.enabled:
             raise config_lib.ConfigError(
                 "--mode=centralized supports --pruning=none only (centralized "
@@ -154,7 +160,7 @@ def _fmt(value):
 
 TRAIN_COLUMNS = ["round", "phase", "train_loss", "num_examples", "sparsity",
                  "masks_updated", "mask_change_fraction", "vote_agreement",
-                 "round_seconds"]
+                 "bytes_broadcast", "bytes_uploaded", "round_seconds"]
 EVAL_COLUMNS = ["round", "loss", "wer", "cer", "num_examples", "sparsity"]
 
 
@@ -189,12 +195,63 @@ def build_task(config: ExperimentConfig) -> task_lib.AsrTask:
     return task_lib.AsrTask(train, test, config.task)
 
 
+def _flatten(value, prefix="") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+# Where the run is written, not what it computes.
+_LOCATION_KEYS = ("root_output_dir", "experiment_name")
+
+
+def check_or_record_config(config: ExperimentConfig, overwrite: bool) -> None:
+    """Refuses to mix runs: an existing experiment must have the same config.
+
+    With `overwrite`, a differing experiment directory is deleted first.
+    A matching one is resumed from its latest checkpoint.
+    """
+    out = config.output_dir
+    path = os.path.join(out, "config.json")
+    current = {k: v for k, v in _flatten(_jsonable(dataclasses.asdict(config))).items()
+               if k not in _LOCATION_KEYS}
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        differing = sorted(k for k in set(previous) | set(current)
+                           if previous.get(k) != current.get(k))
+        if differing and not overwrite:
+            details = ", ".join(f"{k} ({previous.get(k)!r} -> {current.get(k)!r})"
+                                for k in differing[:6])
+            more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
+            raise config_lib.ConfigError(
+                f"experiment {out} exists with different settings: {details}{more}; "
+                "pass --overwrite to replace it or choose another --experiment_name")
+        if differing:
+            shutil.rmtree(out)
+    elif overwrite and os.path.isdir(out):
+        shutil.rmtree(out)
+    prepare_output_dir(out)
+    with open(path, "w") as f:
+        json.dump(current, f, indent=2, sort_keys=True)
+
+
 def run(config: ExperimentConfig,
-        on_round: Optional[Callable[[dict], None]] = None) -> dict:
-    """Runs one experiment; returns the summary (also written to summary.json)."""
+        on_round: Optional[Callable[[dict], None]] = None,
+        overwrite: bool = False) -> dict:
+    """Runs one experiment; returns the summary (also written to summary.json).
+
+    An existing experiment with the same config resumes from its latest
+    checkpoint; one with a different config is refused (or replaced with
+    `overwrite`).
+    """
     start = time.monotonic()
     out = config.output_dir
-    prepare_output_dir(out)
+    prepare_output_dir(config.root_output_dir)
+    check_or_record_config(config, overwrite)
     task = build_task(config)
     if config.mode == "federated":
         if config.federated.clients_per_round > len(task.train_client_ids):
@@ -245,6 +302,47 @@ def _save_model(model: tf.keras.Model, weights, out: str, config: ExperimentConf
     return path
 
 
+def _sync(coroutine):
+    """Runs one of tff.program's async calls to completion."""
+    return asyncio.run(coroutine)
+
+
+def cohort_for_round(client_ids, clients_per_round: int, seed: int,
+                     round_num: int) -> list[str]:
+    """Clients of a round: a pure function of (seed, round), so a resumed run
+    samples exactly what an uninterrupted one would (no RNG state to save)."""
+    rng = np.random.default_rng([seed, round_num])
+    return sorted(rng.choice(list(client_ids), clients_per_round, replace=False))
+
+
+def round_bytes(index: wrappers.PrunableWeightIndex, num_params: int, sparsity: float,
+                clients: int, pruning: config_lib.PruningConfig) -> tuple[int, int]:
+    """(bytes broadcast, bytes uploaded) of one round, in a sparse encoding.
+
+    Each client receives the masked model (4 bytes per kept value plus a
+    1-bit-per-element mask of the prunable kernels) and uploads a masked delta
+    of the same size, plus Taylor scores (4 bytes per kernel element) or a
+    mask vote (1 bit per kernel element) when the method needs them. Dense
+    runs send 4 bytes per parameter each way.
+    """
+    kernel_elements = sum(int(np.prod(s)) for s in index.shapes)
+    if not pruning.enabled:
+        model = 4 * num_params
+        return clients * model, clients * model
+    kept = num_params - kernel_elements * sparsity
+    model = int(4 * kept + kernel_elements / 8)
+    upload = model
+    if pruning.importance == "taylor":
+        upload += 4 * kernel_elements
+    if pruning.policy == "client_vote":
+        upload += kernel_elements // 8
+    return clients * model, clients * upload
+
+
+def _train_release(row: dict) -> collections.OrderedDict:
+    return collections.OrderedDict((k, row[k]) for k in TRAIN_COLUMNS[1:] if k in row)
+
+
 def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
                    on_round: Optional[Callable[[dict], None]]) -> dict:
     fed = config.federated
@@ -262,17 +360,32 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
     evaluate = federated_eval.build_federated_evaluation(
         task, built.model_fn, built.index, config.pruning.masks_biases)
     test_data = [task.client_dataset(c, training=False) for c in task.test_client_ids]
-    train_csv = CsvWriter(os.path.join(out, "metrics.csv"), TRAIN_COLUMNS)
-    eval_csv = CsvWriter(os.path.join(out, "eval.csv"), EVAL_COLUMNS)
+    # tff.program: the state manager writes each checkpoint beside its final
+    # name and renames it into place, so a half-written one is never loaded;
+    # the CSV release managers drop rows past the resumed round and rewrite them.
+    state_manager = tff.program.FileProgramStateManager(
+        os.path.join(out, "checkpoints"), prefix="round_", keep_total=2, keep_first=False)
+    train_release = tff.program.CSVFileReleaseManager(
+        os.path.join(out, "metrics.csv"), key_fieldname="round")
+    eval_release = tff.program.CSVFileReleaseManager(
+        os.path.join(out, "eval.csv"), key_fieldname="round")
+    tensorboard = tff.program.TensorBoardReleaseManager(os.path.join(out, "tensorboard"))
     schedule = config.pruning.schedule
-    rng = np.random.default_rng(config.seed)
     final_eval: dict = {}
+    num_params = sum(int(np.prod(s)) for s in built.index.trainable_shapes)
     with runtime.local_runtime(log_dir=os.path.join(out, "logs")):
-        state = built.process.initialize()
-        for round_num in range(1, fed.total_rounds + 1):
+        initial_state = built.process.initialize()
+        state, done = _sync(state_manager.load_latest(initial_state))
+        if state is None:
+            state, done = initial_state, 0
+        else:
+            logging.info("resuming %s after round %d", out, done)
+        sparsity_in_force = kernel_sparsity(
+            built.process.get_model_weights(state), built.index)["overall"]
+        for round_num in range(done + 1, fed.total_rounds + 1):
             round_start = time.monotonic()
-            cohort = sorted(rng.choice(task.train_client_ids, fed.clients_per_round,
-                                       replace=False))
+            cohort = cohort_for_round(task.train_client_ids, fed.clients_per_round,
+                                      config.seed, round_num)
             datasets = [task.client_dataset(c, training=True,
                                             seed=config.seed * 1_000_003 + round_num * 1009 + i)
                         .repeat(fed.client_epochs)
@@ -281,6 +394,8 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
             state = output.state
             train = output.metrics["client_work"]["train"]
             fin = output.metrics["finalizer"]
+            broadcast, uploaded = round_bytes(built.index, num_params, sparsity_in_force,
+                                              len(cohort), config.pruning)
             row = {
                 "round": round_num,
                 "phase": schedule.phase(round_num) if config.pruning.enabled else "dense",
@@ -291,24 +406,39 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
                 "mask_change_fraction": (_scalar(fin["mask_change_fraction"])
                                          if "mask_change_fraction" in fin else 0.0),
                 "vote_agreement": (_scalar(fin["vote_agreement"])
-                                   if "vote_agreement" in fin else ""),
+                                   if "vote_agreement" in fin else -1.0),
+                "bytes_broadcast": broadcast,
+                "bytes_uploaded": uploaded,
                 "round_seconds": time.monotonic() - round_start,
             }
-            train_csv.write(row)
+            sparsity_in_force = row["sparsity"]
+            _sync(train_release.release(_train_release(row), key=round_num))
+            _sync(tensorboard.release(
+                {k: v for k, v in _train_release(row).items() if k != "phase"},
+                key=round_num))
             last = round_num == fed.total_rounds
             if last or round_num % fed.eval_every_rounds == 0:
                 weights = built.process.get_model_weights(state)
                 metrics = federated_eval.finalize_eval_sums(evaluate(weights, test_data))
-                metrics["sparsity"] = kernel_sparsity(weights, built.index)["overall"]
-                eval_csv.write({"round": round_num, **metrics})
+                per_layer = kernel_sparsity(weights, built.index)
+                metrics["sparsity"] = per_layer.pop("overall")
+                release = collections.OrderedDict((k, metrics[k]) for k in EVAL_COLUMNS[1:])
+                _sync(eval_release.release(release, key=round_num))
+                _sync(tensorboard.release(
+                    {**{f"eval/{k}": v for k, v in release.items()},
+                     **{f"sparsity/{k}": v for k, v in per_layer.items()}},
+                    key=round_num))
                 row.update({f"eval_{k}": v for k, v in metrics.items()})
                 final_eval = metrics
+            if last or round_num % config.checkpoint_every_rounds == 0:
+                _sync(state_manager.save(state, round_num))
             logging.info("round %d: %s", round_num, row)
             if on_round is not None:
                 on_round(row)
         weights = built.process.get_model_weights(state)
-    train_csv.close()
-    eval_csv.close()
+        if not final_eval:  # resumed after the last round: evaluate once more
+            final_eval = federated_eval.finalize_eval_sums(evaluate(weights, test_data))
+            final_eval["sparsity"] = kernel_sparsity(weights, built.index)["overall"]
     model_dir = _save_model(built.model_fn(), weights, out, config)
     sparsity = kernel_sparsity(weights, built.index)
     return {
@@ -316,12 +446,17 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
         "model": {**model_sizes(weights), "prunable_layers": built.prunable_layers},
         "outputs": {"metrics_csv": os.path.join(out, "metrics.csv"),
                     "eval_csv": os.path.join(out, "eval.csv"),
+                    "tensorboard": os.path.join(out, "tensorboard"),
+                    "checkpoints": os.path.join(out, "checkpoints"),
                     "final_model": model_dir, "worker_log": os.path.join(out, "logs")},
     }
 
 
 def _run_centralized(config: ExperimentConfig, task: task_lib.AsrTask) -> dict:
     out = config.output_dir
+    for name in ("metrics.csv", "eval.csv"):  # no checkpoints: always from scratch
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
     eval_csv = CsvWriter(os.path.join(out, "eval.csv"), ["epoch"] + EVAL_COLUMNS[1:])
     train_csv = CsvWriter(os.path.join(out, "metrics.csv"),
                           ["epoch", "train_loss", "epoch_seconds", "elapsed_seconds"])

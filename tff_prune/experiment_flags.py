@@ -21,6 +21,12 @@ flags.DEFINE_string("root_output_dir", "experiments", "Where experiments are wri
 flags.DEFINE_string("experiment_name", None,
                     "Subdirectory of --root_output_dir (default: from the method).")
 flags.DEFINE_integer("seed", 0, "Seed of weights, client sampling and data order.")
+flags.DEFINE_integer("checkpoint_every_rounds", 5,
+                     "Save the full server state every this many rounds (and at the end).")
+flags.DEFINE_bool("overwrite", False,
+                  "Replace an existing experiment whose settings differ (else refuse).")
+flags.DEFINE_enum("progress", "auto", ["auto", "on", "off"],
+                  "Progress bar over rounds; auto: only on an interactive terminal.")
 
 # -- data and model ------------------------------------------------------------
 flags.DEFINE_string("corpus_dir", None,
@@ -133,6 +139,7 @@ def experiment_config_from_flags() -> experiment.ExperimentConfig:
         root_output_dir=FLAGS.root_output_dir,
         experiment_name=FLAGS.experiment_name or default_experiment_name(),
         seed=FLAGS.seed,
+        checkpoint_every_rounds=FLAGS.checkpoint_every_rounds,
         corpus=data_lib.CorpusConfig(
             corpus_dir=FLAGS.corpus_dir, test_corpus_dir=FLAGS.test_corpus_dir,
             num_test_speakers=FLAGS.num_test_speakers, strict=FLAGS.strict_data,
