@@ -46,7 +46,7 @@ test: venv
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 bench: venv
-	$(VPY) -m bench.run_all
+	$(VPY) -m bench.export_sizes
 
 clean-venv:
 	rm -rf $(VENV)

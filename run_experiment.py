@@ -17,25 +17,33 @@ import sys
 # a Python that imported TF would inherit.) TFF_PRUNE_TF_LOG_LEVEL=0 shows all.
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3")
 
+from absl import app  # noqa: E402
+from absl import logging  # noqa: E402
+
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
-    """TF 2.14 logs CUDA-plugin registration errors at import whatever the log
-    level; hide the C-level stderr while importing (Python errors still show)."""
+def _native_stderr_to(path: str):
+    """Sends C/C++-level writes to fd 2 (TensorFlow's and TFF's native logging,
+    e.g. CUDA-plugin registration errors or graph-optimizer notes, which ignore
+    log levels) to `path`, while Python's `sys.stderr` (our errors, tracebacks,
+    the progress bar) keeps writing to the terminal."""
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
         yield
         return
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    with open(path, "a") as sink:
+        os.dup2(sink.fileno(), 2)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1)
     try:
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-from absl import app  # noqa: E402
-from absl import logging  # noqa: E402
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(terminal, 2)
+        os.close(terminal)
 
 
 def main(argv):
@@ -49,9 +57,15 @@ def main(argv):
         config = experiment_flags.experiment_config_from_flags()
         print(f"[tff-prune] {config.mode} run -> {config.output_dir}", flush=True)
         progress = _Progress(config, experiment_flags.FLAGS.progress)
+        native_log = os.path.join(config.output_dir, "logs", "native_stderr.log")
         try:
-            summary = experiment.run(config, on_round=progress.update,
-                                     overwrite=experiment_flags.FLAGS.overwrite)
+            os.makedirs(os.path.dirname(native_log), exist_ok=True)
+        except OSError:
+            native_log = os.devnull  # the run reports the unwritable dir itself
+        try:
+            with _native_stderr_to(native_log):
+                summary = experiment.run(config, on_round=progress.update,
+                                         overwrite=experiment_flags.FLAGS.overwrite)
         finally:
             progress.close()
     except experiment.USER_ERRORS as e:
@@ -66,7 +80,24 @@ def main(argv):
           f"loss {final['loss']:.3f}  ({summary['wall_seconds'] / 60:.1f} min)")
     print(f"[tff-prune] results: {config.output_dir}/ (summary.json, metrics.csv, eval.csv, "
           f"tensorboard/)")
+    from tff_prune import report  # pylint: disable=g-import-not-at-top
+    try:
+        built = report.build_report(config.root_output_dir)
+        print(f"[tff-prune] report:  {built.markdown_path} "
+              f"(plots: {', '.join(os.path.basename(p) for p in built.plot_paths)})")
+    except report.ReportError as e:
+        print(f"[tff-prune] no report: {e}")
     print(f"[tff-prune] model:   {summary['outputs']['final_model']}")
+    export_dir = experiment_flags.FLAGS.export_dir
+    if export_dir != "none":
+        from tff_prune import export  # pylint: disable=g-import-not-at-top
+        # TFLite conversion is loud on the native stderr: keep it in the log.
+        with _native_stderr_to(native_log):
+            result = export.export_checkpoint(
+                summary["outputs"]["final_model"],
+                export_dir or os.path.join(config.output_dir, "export"))
+        print(f"[tff-prune] export:  {result.path} (TF Serving version {result.version}, "
+              f"{result.params:,} params; see docs/serving.md)")
     return 0
 
 
@@ -107,7 +138,7 @@ class _Progress:
 if __name__ == "__main__":
     # Flags are defined on import of tff_prune.experiment_flags; import it here
     # (before parsing) but after the environment is set.
-    with _native_stderr_silenced():
+    with _native_stderr_to(os.devnull):
         import tff_prune.experiment_flags  # noqa: F401,E402  pylint: disable=unused-import
     logging.set_verbosity(logging.WARNING)
     app.run(main)

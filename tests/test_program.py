@@ -22,7 +22,7 @@ def _args(tiny_corpus_dir, root, name="run", **overrides):
         "clients_per_round": 2, "client_epochs": 1, "prune_begin_round": 1,
         "prune_end_round": 3, "prune_every_rounds": 1, "refine_rounds": 1,
         "eval_every_rounds": 2, "checkpoint_every_rounds": 2, "progress": "off",
-        "root_output_dir": root, "experiment_name": name, "dropout": 0.0}
+        "root_output_dir": root, "experiment_name": name}
     flags.update(overrides)
     return [sys.executable, os.path.join(REPO, "run_experiment.py"),
             *[f"--{k}={v}" for k, v in flags.items()]]

@@ -50,11 +50,11 @@ OPTIMIZERS = ("sgd", "sgdm", "adam")
 class FederatedConfig:
     """Rounds, cohort and optimizers of a federated run."""
 
-    total_rounds: int = 60
+    total_rounds: int = 50
     clients_per_round: int = 10
-    client_epochs: int = 2
+    client_epochs: int = 3
     client_optimizer: str = "adam"
-    client_learning_rate: float = 1e-3
+    client_learning_rate: float = 3e-3
     server_optimizer: str = "sgd"
     server_learning_rate: float = 1.0
     clip_norm: float = 0.0
@@ -475,9 +475,7 @@ def _run_centralized(config: ExperimentConfig, task: task_lib.AsrTask) -> dict:
     final = {k[5:]: v for k, v in history[-1].items()
              if k.startswith("test_") and k != "test_examples"}
     weights = tff.learning.models.ModelWeights.from_model(model)
-    path = os.path.join(out, "final_model")
-    os.makedirs(path, exist_ok=True)
-    model.save_weights(os.path.join(path, "weights"))
+    path = _save_model(model, weights, out, config)
     return {"final": final, "model": model_sizes(weights),
             "outputs": {"metrics_csv": os.path.join(out, "metrics.csv"),
                         "eval_csv": os.path.join(out, "eval.csv"), "final_model": path}}

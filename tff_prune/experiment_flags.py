@@ -25,6 +25,9 @@ flags.DEFINE_integer("checkpoint_every_rounds", 5,
                      "Save the full server state every this many rounds (and at the end).")
 flags.DEFINE_bool("overwrite", False,
                   "Replace an existing experiment whose settings differ (else refuse).")
+flags.DEFINE_string("export_dir", None,
+                    "TF Serving export base (EXPORT_DIR/asr/VERSION); default "
+                    "EXPERIMENT_DIR/export; 'none' skips the export.")
 flags.DEFINE_enum("progress", "auto", ["auto", "on", "off"],
                   "Progress bar over rounds; auto: only on an interactive terminal.")
 
@@ -59,8 +62,8 @@ flags.DEFINE_enum("mask_policy", "server", list(config_lib.MASK_POLICIES),
 flags.DEFINE_enum("pruning_schedule", "step", ["constant", "step", "polynomial"],
                   "How sparsity rises over rounds.")
 flags.DEFINE_float("target_sparsity", 0.5, "Final fraction of prunable weights removed.")
-flags.DEFINE_integer("prune_begin_round", 10, "First round whose end prunes.")
-flags.DEFINE_integer("prune_end_round", 30, "Round at which the target is reached.")
+flags.DEFINE_integer("prune_begin_round", 15, "First round whose end prunes.")
+flags.DEFINE_integer("prune_end_round", 35, "Round at which the target is reached.")
 flags.DEFINE_integer("prune_every_rounds", 5, "Rounds between mask updates.")
 flags.DEFINE_integer("refine_rounds", 10,
                      "Rounds after --prune_end_round in which masks are re-decided at "
@@ -70,12 +73,12 @@ flags.DEFINE_string("exclude_layers", wrappers.DEFAULT_EXCLUDE_LAYERS,
 flags.DEFINE_list("block_shape", ["1", "4"], "Block shape of --pruning=block (rows,cols).")
 
 # -- federated -----------------------------------------------------------------
-flags.DEFINE_integer("total_rounds", 60, "Federated rounds.")
+flags.DEFINE_integer("total_rounds", 50, "Federated rounds.")
 flags.DEFINE_integer("clients_per_round", 10, "Cohort size.")
-flags.DEFINE_integer("client_epochs", 2, "Local epochs per round.")
+flags.DEFINE_integer("client_epochs", 3, "Local epochs per round.")
 flags.DEFINE_integer("client_batch_size", 8, "Local batch size (also centralized).")
 flags.DEFINE_enum("client_optimizer", "adam", list(experiment.OPTIMIZERS), "Client optimizer.")
-flags.DEFINE_float("client_learning_rate", 1e-3, "Client learning rate.")
+flags.DEFINE_float("client_learning_rate", 3e-3, "Client learning rate.")
 flags.DEFINE_enum("server_optimizer", "sgd", list(experiment.OPTIMIZERS), "Server optimizer.")
 flags.DEFINE_float("server_learning_rate", 1.0, "Server learning rate.")
 flags.DEFINE_float("clip_norm", 0.0, "Clip each client's weighted delta to this norm (0: off).")

@@ -30,9 +30,11 @@ def build_federated_evaluation(
     weights_type = wrappers.model_weights_type(model_fn())
     data_type = tff.SequenceType(wrappers.tff_type(task.batch_spec))
 
-    @tff.tensorflow.computation(weights_type, data_type)
-    def client_eval(weights, dataset):
-        model = model_fn()
+    # A tf.function, as in TFF's own client work: TFF traces computations into
+    # a plain graph without automatic control dependencies, where nothing would
+    # order the weight assignments before the reads inside the dataset loop.
+    @tf.function
+    def evaluate_client(model, weights, dataset):
         model_weights = tff.learning.models.ModelWeights.from_model(model)
         tf.nest.map_structure(lambda v, t: v.assign(t), model_weights, weights)
         masks = client_work.weight_masks(list(weights.non_trainable), index,
@@ -40,25 +42,28 @@ def build_federated_evaluation(
         for v, m in zip(model_weights.trainable, masks):
             if m is not None:
                 v.assign(v * m)
-
-        def reduce_fn(totals, batch):
+        zero = tf.constant(0.0, tf.float64)
+        totals = collections.OrderedDict(
+            loss_sum=zero, num_examples=zero, word_errors=zero, words=zero,
+            char_errors=zero, chars=zero)
+        for batch in dataset:
             loss, n = task.batch_loss(model, batch, training=False)
             hyps, refs = task.predict_and_references(model, batch)
             word_errors, words = metrics.edit_distance_counts(refs, hyps, "word")
             char_errors, chars = metrics.edit_distance_counts(refs, hyps, "char")
             n = tf.cast(n, tf.float64)
-            return collections.OrderedDict(
+            totals = collections.OrderedDict(
                 loss_sum=totals["loss_sum"] + tf.cast(loss, tf.float64) * n,
                 num_examples=totals["num_examples"] + n,
                 word_errors=totals["word_errors"] + word_errors,
                 words=totals["words"] + words,
                 char_errors=totals["char_errors"] + char_errors,
                 chars=totals["chars"] + chars)
+        return totals
 
-        zero = tf.constant(0.0, tf.float64)
-        return dataset.reduce(collections.OrderedDict(
-            loss_sum=zero, num_examples=zero, word_errors=zero, words=zero,
-            char_errors=zero, chars=zero), reduce_fn)
+    @tff.tensorflow.computation(weights_type, data_type)
+    def client_eval(weights, dataset):
+        return evaluate_client(model_fn(), weights, dataset)
 
     @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER),
                                tff.FederatedType(data_type, tff.CLIENTS))

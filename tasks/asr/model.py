@@ -38,12 +38,21 @@ Coupling for structured pruning:
   channel ``c`` of the depthwise kernel, and row ``c`` of ``conv_pointwise_out``
   belong together.
 * FFN hidden unit ``j``: column ``j`` of ``ff*_in``, row ``j`` of ``ff*_out``.
+
+Compacted models (``build_conformer_ctc(..., widths=ModelWidths(...))``, made
+by ``tff_prune.export.compaction`` from a structured-pruned model) have the
+same layer names with per-layer widths: per-block FFN sizes, per-head q.k and
+value widths (:class:`UnevenDotProductAttention`), fewer conv-module channels
+(:class:`PartialLayerNormalization` keeps the removed channels' constant
+values in the LayerNorm statistics) and fewer subsampling channels. With
+``widths=None`` (the default) the model is exactly the one described above.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -99,6 +108,57 @@ class ConformerConfig:
         return cls(**{**dict(d_model=144, num_blocks=16, num_heads=4, subsampling_channels=144), **overrides})
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockWidths:
+    """Widths of one compacted Conformer block.
+
+    ``qk_dims[h]`` / ``v_dims[h]``: query-key and value width of head ``h``
+    (``d_model // num_heads`` each when dense; 0 is allowed).
+    ``conv_channels``: conv-module channels kept; ``conv_removed_channels``:
+    how many were removed (their constant depthwise outputs still enter the
+    depthwise LayerNorm's statistics, see :class:`PartialLayerNormalization`).
+    """
+
+    ff1_dim: int
+    ff2_dim: int
+    qk_dims: tuple[int, ...]
+    v_dims: tuple[int, ...]
+    conv_channels: int
+    conv_removed_channels: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelWidths:
+    """Per-layer widths of a compacted Conformer (see :func:`build_conformer_ctc`)."""
+
+    subsample_channels: tuple[int, int]  # subsample_conv1, subsample_conv2 outputs
+    blocks: tuple[BlockWidths, ...]
+
+    @classmethod
+    def dense(cls, config: "ConformerConfig") -> "ModelWidths":
+        """The widths of the uncompacted model built from ``config``."""
+        dh = config.d_model // config.num_heads
+        block = BlockWidths(
+            ff1_dim=config.ff_multiplier * config.d_model,
+            ff2_dim=config.ff_multiplier * config.d_model,
+            qk_dims=(dh,) * config.num_heads, v_dims=(dh,) * config.num_heads,
+            conv_channels=config.d_model)
+        return cls(subsample_channels=(config.subsampling_channels,) * 2,
+                   blocks=(block,) * config.num_blocks)
+
+    def to_json(self) -> dict:
+        """JSON-friendly dict (lists for tuples); inverse of :meth:`from_json`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict) -> "ModelWidths":
+        """Rebuilds widths written by :meth:`to_json`."""
+        blocks = tuple(BlockWidths(**{**b, "qk_dims": tuple(b["qk_dims"]),
+                                      "v_dims": tuple(b["v_dims"])})
+                       for b in value["blocks"])
+        return cls(subsample_channels=tuple(value["subsample_channels"]), blocks=blocks)
+
+
 # ----------------------------------------------------------------------------- lengths
 
 
@@ -120,6 +180,37 @@ def _valid_conv_size(size: int) -> int:
 
 
 # ----------------------------------------------------------------------------- weight-free layers
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class StatelessDropout(tf.keras.layers.Layer):
+    """Inverted dropout whose mask is a pure function of the layer and its input.
+
+    Keras' `Dropout` draws from stateful random ops: inside TFF's C++ worker
+    their state depends on how many calls ran before and in which order, so
+    federated runs (and a run resumed from a checkpoint) would not repeat bit
+    for bit. Here the seed is (a hash of the layer name, a fingerprint of the
+    input values): a new mask for every batch, step, client and round, and
+    the same mask whenever the computation is repeated.
+    """
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = rate
+        self._salt = zlib.crc32(self.name.encode("utf-8")) & 0x7FFFFFFF
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        fingerprint = tf.bitcast(tf.reduce_sum(tf.cast(inputs, tf.float32)), tf.int32)
+        seed = tf.stack([fingerprint, tf.constant(self._salt, tf.int32)])
+        keep = tf.random.stateless_uniform(tf.shape(inputs), seed) >= self.rate
+        return tf.where(keep, inputs / (1.0 - self.rate), tf.zeros_like(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
 
 
 @tf.keras.utils.register_keras_serializable(package=_PACKAGE)
@@ -203,38 +294,138 @@ class DotProductAttention(tf.keras.layers.Layer):
         return {**super().get_config(), "num_heads": self.num_heads}
 
 
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class UnevenDotProductAttention(tf.keras.layers.Layer):
+    """:class:`DotProductAttention` with per-head widths (compacted models).
+
+    ``[q [B, T, sum(qk_dims)], k (same), v [B, T, sum(v_dims)], mask] ->
+    [B, T, sum(v_dims)]``. Head ``h`` uses the ``h``-th slices of q/k (width
+    ``qk_dims[h]``) and v (width ``v_dims[h]``). Scores are scaled by
+    ``1 / sqrt(scale_dim)``, the *original* head width, so removing q.k
+    dimensions that were exactly zero leaves every score unchanged. A head
+    with no q.k dimensions attends uniformly to the valid keys (all its scores
+    were 0); a head with no value dimensions contributes nothing and is skipped.
+    """
+
+    def __init__(self, qk_dims, v_dims, scale_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        if len(qk_dims) != len(v_dims):
+            raise ValueError(f"qk_dims {qk_dims} and v_dims {v_dims} differ in number of heads")
+        self.qk_dims = tuple(int(d) for d in qk_dims)
+        self.v_dims = tuple(int(d) for d in v_dims)
+        self.scale_dim = int(scale_dim)
+
+    def call(self, inputs):
+        query, key, value, mask = inputs
+        q_heads = tf.split(query, self.qk_dims, axis=-1) if sum(self.qk_dims) else None
+        k_heads = tf.split(key, self.qk_dims, axis=-1) if sum(self.qk_dims) else None
+        v_heads = tf.split(value, self.v_dims, axis=-1) if sum(self.v_dims) else None
+        batch, length = tf.shape(query)[0], tf.shape(query)[1]
+        key_mask = tf.cast(mask, query.dtype)[:, tf.newaxis, :]  # [B, 1, T]
+        contexts = []
+        for h, (dqk, dv) in enumerate(zip(self.qk_dims, self.v_dims)):
+            if dv == 0:
+                continue
+            if dqk:
+                scores = tf.matmul(q_heads[h], k_heads[h], transpose_b=True)
+                scores /= math.sqrt(self.scale_dim)
+            else:
+                scores = tf.zeros([batch, length, length], query.dtype)
+            scores += (1.0 - key_mask) * tf.cast(-1e9, scores.dtype)
+            contexts.append(tf.matmul(tf.nn.softmax(scores, axis=-1), v_heads[h]))
+        if not contexts:
+            return tf.zeros([batch, length, 0], query.dtype)
+        return tf.concat(contexts, axis=-1) if len(contexts) > 1 else contexts[0]
+
+    def get_config(self):
+        return {**super().get_config(), "qk_dims": list(self.qk_dims),
+                "v_dims": list(self.v_dims), "scale_dim": self.scale_dim}
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class PartialLayerNormalization(tf.keras.layers.Layer):
+    """LayerNorm over the kept channels of a layer whose other channels are constants.
+
+    A removed conv-module channel ``c`` (GLU value column and bias zero,
+    ``pointwise_out`` row zero) leaves the depthwise conv as the constant
+    ``depthwise bias[c]`` on every frame; its normalized value is never used,
+    but it still enters the mean and variance of the other channels. This
+    layer normalizes ``x [..., C_kept]`` with statistics over ``C_kept +
+    num_removed`` channels, the removed ones holding ``removed_values``
+    (a non-trainable weight), so it equals LayerNorm on the full width.
+    """
+
+    def __init__(self, num_removed: int, epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_removed = int(num_removed)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.gamma = self.add_weight("gamma", [channels], initializer="ones")
+        self.beta = self.add_weight("beta", [channels], initializer="zeros")
+        self.removed_values = self.add_weight(
+            "removed_values", [self.num_removed], initializer="zeros", trainable=False)
+        super().build(input_shape)
+
+    def call(self, x):
+        total = float(x.shape[-1] + self.num_removed)
+        removed = tf.cast(self.removed_values, x.dtype)
+        mean = (tf.reduce_sum(x, axis=-1, keepdims=True) + tf.reduce_sum(removed)) / total
+        squares = (tf.reduce_sum(tf.square(x - mean), axis=-1, keepdims=True)
+                   + tf.reduce_sum(tf.square(removed - mean), axis=-1, keepdims=True))
+        variance = squares / total
+        return (x - mean) * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+
+    def get_config(self):
+        return {**super().get_config(), "num_removed": self.num_removed, "epsilon": self.epsilon}
+
+
 # ----------------------------------------------------------------------------- model
 
 
-def _feed_forward(x, cfg: ConformerConfig, prefix: str):
-    """Half-step FFN module: x + 0.5 * FFN(LN(x))."""
+def _feed_forward(x, cfg: ConformerConfig, prefix: str, ff_dim: int | None = None):
+    """Half-step FFN module: x + 0.5 * FFN(LN(x)); ``ff_dim`` overrides the hidden width."""
     L = tf.keras.layers
+    hidden = cfg.ff_multiplier * cfg.d_model if ff_dim is None else ff_dim
     y = L.LayerNormalization(epsilon=1e-5, name=f"{prefix}_norm")(x)
-    y = L.Dense(cfg.ff_multiplier * cfg.d_model, activation="swish", name=f"{prefix}_in")(y)
-    y = L.Dropout(cfg.dropout, name=f"{prefix}_dropout1")(y)
+    y = L.Dense(hidden, activation="swish", name=f"{prefix}_in")(y)
+    y = StatelessDropout(cfg.dropout, name=f"{prefix}_dropout1")(y)
     y = L.Dense(cfg.d_model, name=f"{prefix}_out")(y)
-    y = L.Dropout(cfg.dropout, name=f"{prefix}_dropout2")(y)
+    y = StatelessDropout(cfg.dropout, name=f"{prefix}_dropout2")(y)
     y = L.Rescaling(0.5, name=f"{prefix}_half")(y)
     return L.Add(name=f"{prefix}_residual")([x, y])
 
 
-def _self_attention(x, mask, cfg: ConformerConfig, prefix: str):
-    """MHSA module: x + Dropout(MHSA(LN(x))) with four plain Dense projections."""
+def _self_attention(x, mask, cfg: ConformerConfig, prefix: str,
+                    widths: BlockWidths | None = None):
+    """MHSA module: x + Dropout(MHSA(LN(x))) with four plain Dense projections.
+
+    With ``widths`` the projections have the per-head widths it gives.
+    """
     L = tf.keras.layers
+    qk = cfg.d_model if widths is None else sum(widths.qk_dims)
+    vd = cfg.d_model if widths is None else sum(widths.v_dims)
     y = L.LayerNormalization(epsilon=1e-5, name=f"{prefix}_norm")(x)
-    q = L.Dense(cfg.d_model, name=f"{prefix}_query")(y)
-    k = L.Dense(cfg.d_model, name=f"{prefix}_key")(y)
-    v = L.Dense(cfg.d_model, name=f"{prefix}_value")(y)
-    y = DotProductAttention(cfg.num_heads, name=f"{prefix}_attention")([q, k, v, mask])
+    q = L.Dense(qk, name=f"{prefix}_query")(y)
+    k = L.Dense(qk, name=f"{prefix}_key")(y)
+    v = L.Dense(vd, name=f"{prefix}_value")(y)
+    if widths is None:
+        y = DotProductAttention(cfg.num_heads, name=f"{prefix}_attention")([q, k, v, mask])
+    else:
+        y = UnevenDotProductAttention(
+            widths.qk_dims, widths.v_dims, scale_dim=cfg.d_model // cfg.num_heads,
+            name=f"{prefix}_attention")([q, k, v, mask])
     y = L.Dense(cfg.d_model, name=f"{prefix}_output")(y)
-    y = L.Dropout(cfg.dropout, name=f"{prefix}_dropout")(y)
+    y = StatelessDropout(cfg.dropout, name=f"{prefix}_dropout")(y)
     return L.Add(name=f"{prefix}_residual")([x, y])
 
 
-def _convolution(x, mask, cfg: ConformerConfig, prefix: str):
+def _convolution(x, mask, cfg: ConformerConfig, prefix: str, channels: int | None = None,
+                 removed_channels: int = 0):
     """Conv module: x + Dropout(PW(swish(LN(DW(GLU(PW(LN(x))))))))."""
     L = tf.keras.layers
-    d = cfg.d_model
+    d = cfg.d_model if channels is None else channels
     y = L.LayerNormalization(epsilon=1e-5, name=f"{prefix}_norm")(x)
     y = L.Dense(2 * d, name=f"{prefix}_pointwise_in")(y)
     y = GLU(name=f"{prefix}_glu")(y)
@@ -244,14 +435,19 @@ def _convolution(x, mask, cfg: ConformerConfig, prefix: str):
     y = L.Reshape((-1, 1, d), name=f"{prefix}_to_2d")(y)
     y = L.DepthwiseConv2D((cfg.conv_kernel_size, 1), padding="same", name=f"{prefix}_depthwise")(y)
     y = L.Reshape((-1, d), name=f"{prefix}_to_1d")(y)
-    y = L.LayerNormalization(epsilon=1e-5, name=f"{prefix}_depthwise_norm")(y)
+    if removed_channels:
+        y = PartialLayerNormalization(removed_channels, epsilon=1e-5,
+                                      name=f"{prefix}_depthwise_norm")(y)
+    else:
+        y = L.LayerNormalization(epsilon=1e-5, name=f"{prefix}_depthwise_norm")(y)
     y = L.Activation("swish", name=f"{prefix}_swish")(y)
-    y = L.Dense(d, name=f"{prefix}_pointwise_out")(y)
-    y = L.Dropout(cfg.dropout, name=f"{prefix}_dropout")(y)
+    y = L.Dense(cfg.d_model, name=f"{prefix}_pointwise_out")(y)
+    y = StatelessDropout(cfg.dropout, name=f"{prefix}_dropout")(y)
     return L.Add(name=f"{prefix}_residual")([x, y])
 
 
-def build_conformer_ctc(config: ConformerConfig, vocab_size: int) -> tf.keras.Model:
+def build_conformer_ctc(config: ConformerConfig, vocab_size: int,
+                        widths: ModelWidths | None = None) -> tf.keras.Model:
     """Build the Conformer-CTC functional model.
 
     Inputs: ``{"features": float32[B, T, F], "feature_lengths": int32[B]}``.
@@ -259,31 +455,45 @@ def build_conformer_ctc(config: ConformerConfig, vocab_size: int) -> tf.keras.Mo
     frame ``t < output_lengths(feature_lengths[b])`` of example ``b`` does not
     depend on padding. The padded length ``T`` must be >= 7 (one output
     frame); shorter batches fail in the ``subsample_flatten`` reshape.
+
+    ``widths`` (optional) builds a compacted model with the same layer names
+    and per-layer widths (see :class:`ModelWidths`); ``None`` builds the
+    dense model ``config`` describes.
     """
     L = tf.keras.layers
     cfg = config
+    if widths is not None and len(widths.blocks) != cfg.num_blocks:
+        raise ValueError(f"widths has {len(widths.blocks)} blocks, config {cfg.num_blocks}")
+    if widths is not None and any(len(b.qk_dims) != cfg.num_heads or len(b.v_dims) != cfg.num_heads
+                                  for b in widths.blocks):
+        raise ValueError(f"widths must give {cfg.num_heads} q.k and value widths per block")
+    sub1, sub2 = ((cfg.subsampling_channels,) * 2 if widths is None
+                  else widths.subsample_channels)
     features = tf.keras.Input(shape=(None, cfg.num_mel_bins), dtype=tf.float32, name="features")
     feature_lengths = tf.keras.Input(shape=(), dtype=tf.int32, name="feature_lengths")
 
     # Valid (not 'same') padding: 'same' with stride 2 pads differently for odd
     # and even T, which would make outputs depend on how much padding a batch has.
     x = L.Reshape((-1, cfg.num_mel_bins, 1), name="subsample_expand")(features)
-    x = L.Conv2D(cfg.subsampling_channels, 3, strides=2, padding="valid", activation="relu",
+    x = L.Conv2D(sub1, 3, strides=2, padding="valid", activation="relu",
                  name="subsample_conv1")(x)
-    x = L.Conv2D(cfg.subsampling_channels, 3, strides=2, padding="valid", activation="relu",
+    x = L.Conv2D(sub2, 3, strides=2, padding="valid", activation="relu",
                  name="subsample_conv2")(x)
     freq = _valid_conv_size(_valid_conv_size(cfg.num_mel_bins))
-    x = L.Reshape((-1, freq * cfg.subsampling_channels), name="subsample_flatten")(x)
+    x = L.Reshape((-1, freq * sub2), name="subsample_flatten")(x)
     x = L.Dense(cfg.d_model, name="subsample_dense")(x)
     x = SinusoidalPositionalEncoding(name="positional_encoding")(x)
-    x = L.Dropout(cfg.dropout, name="subsample_dropout")(x)
+    x = StatelessDropout(cfg.dropout, name="subsample_dropout")(x)
     mask = FrameMask(name="frame_mask")([x, feature_lengths])
 
     for i in range(cfg.num_blocks):
-        x = _feed_forward(x, cfg, f"block{i}_ff1")
-        x = _self_attention(x, mask, cfg, f"block{i}_mhsa")
-        x = _convolution(x, mask, cfg, f"block{i}_conv")
-        x = _feed_forward(x, cfg, f"block{i}_ff2")
+        bw = None if widths is None else widths.blocks[i]
+        x = _feed_forward(x, cfg, f"block{i}_ff1", None if bw is None else bw.ff1_dim)
+        x = _self_attention(x, mask, cfg, f"block{i}_mhsa", bw)
+        x = _convolution(x, mask, cfg, f"block{i}_conv",
+                         None if bw is None else bw.conv_channels,
+                         0 if bw is None else bw.conv_removed_channels)
+        x = _feed_forward(x, cfg, f"block{i}_ff2", None if bw is None else bw.ff2_dim)
         x = L.LayerNormalization(epsilon=1e-5, name=f"block{i}_final_norm")(x)
 
     logits = L.Dense(vocab_size, name="ctc_output")(x)

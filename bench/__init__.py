@@ -1,0 +1,1 @@
+"""Benchmarks that produce the README's measured tables (results in bench/results/)."""

@@ -1,0 +1,151 @@
+"""The report tool: table and plots from real finished smoke runs, clear errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from tff_prune import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMES = ("structured", "unstructured")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_experiment(corpus: str, root: str, scheme: str) -> None:
+    """One 2-round tiny federated run that prunes to 50% (~1 min)."""
+    args = [sys.executable, "run_experiment.py", f"--corpus_dir={corpus}/train",
+            f"--test_corpus_dir={corpus}/test", "--model_size=tiny", "--total_rounds=2",
+            "--clients_per_round=2", "--client_epochs=1", "--prune_begin_round=1",
+            "--prune_end_round=2", "--prune_every_rounds=1", "--refine_rounds=0",
+            "--eval_every_rounds=1", f"--root_output_dir={root}",
+            f"--experiment_name={scheme}", f"--pruning={scheme}"]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _run_report(root: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tff_prune.report",
+                           f"--root_output_dir={root}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def finished_root(tiny_corpus_dir, tmp_path_factory) -> str:
+    """A root with two real finished runs (structured, unstructured) and one
+    unfinished directory. Treat as read-only; copy it to write a report."""
+    root = str(tmp_path_factory.mktemp("report_runs"))
+    for scheme in SCHEMES:
+        _run_experiment(tiny_corpus_dir, root, scheme)
+    os.makedirs(os.path.join(root, "unfinished"))
+    with open(os.path.join(root, "unfinished", "metrics.csv"), "w") as f:
+        f.write("round,phase,train_loss\n1,dense,3.0\n")
+    return root
+
+
+@pytest.fixture
+def root(finished_root, tmp_path) -> str:
+    """A private copy of `finished_root` (the report writes into its root)."""
+    copy = str(tmp_path / "root")
+    shutil.copytree(finished_root, copy)
+    return copy
+
+
+def _png_size(path: str) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (asserts it is a PNG)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == PNG_SIGNATURE, path
+    return struct.unpack(">II", head[16:24])
+
+
+def _cells(line: str) -> list[str]:
+    """The stripped cells of one Markdown table row."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_cli_writes_table_and_plots_from_finished_runs(root):
+    result = _run_report(root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    header = next(l for l in result.stdout.splitlines() if l.startswith("| experiment"))
+    columns = _cells(header)
+    assert columns == ["experiment", "mode", "scheme", "structure", "policy",
+                       "distribution", "importance", "target sparsity",
+                       "achieved sparsity", "WER", "CER", "params", "non-zero params",
+                       "dense bytes", "sparse bytes", "bytes/round"]
+    rows = {cells[0]: dict(zip(columns, cells)) for cells in
+            (_cells(l) for l in result.stdout.splitlines()
+             if l.startswith("| ") and l != header)}
+    assert set(rows) == set(SCHEMES)
+    assert rows["structured"]["structure"] == "column"
+    assert rows["unstructured"]["structure"] == "—"
+    for row in rows.values():
+        assert row["target sparsity"] == "0.50" and row["params"] != "—"
+        assert row["bytes/round"].endswith("B") and float(row["WER"]) >= 0
+    assert "unfinished" in result.stdout and "no summary.json" in result.stdout
+    markdown = open(os.path.join(root, "report.md")).read()
+    assert header in markdown and "Bytes/round is an estimate" in markdown
+    for name in ("wer_vs_round.png", "wer_vs_sparsity.png"):
+        path = os.path.join(root, name)
+        assert os.path.getsize(path) > 1000 and min(_png_size(path)) > 100
+        assert f"]({name})" in markdown
+    assert not os.path.exists(os.path.join(root, "federated_vs_centralized.png"))
+
+
+def test_experiments_are_read_from_summaries_and_curves(finished_root):
+    experiments, notes = report.find_experiments(finished_root)
+    assert [e.name for e in experiments] == ["structured", "unstructured"]
+    assert notes == ["skipped unfinished/: no summary.json (not finished)"]
+    for exp in experiments:
+        assert exp.mode == "federated" and exp.policy == "server"
+        assert exp.target_sparsity == 0.5 and 0.45 < exp.achieved_sparsity <= 0.55
+        assert exp.wer is not None and exp.cer is not None
+        assert 0 < exp.nonzero_params < exp.params
+        assert exp.sparse_bytes < exp.dense_bytes
+        assert report.bytes_per_round(exp) == 2 * 2 * exp.sparse_bytes
+        assert [p.step for p in exp.curve] == [1, 2]
+
+
+def test_federated_vs_centralized_plot_when_a_centralized_run_exists(root):
+    # A centralized run's eval.csv is keyed by epoch; fake one from a real run.
+    central = os.path.join(root, "central")
+    shutil.copytree(os.path.join(root, "structured"), central)
+    summary_path = os.path.join(central, "summary.json")
+    text = open(summary_path).read().replace('"mode": "federated"', '"mode": "centralized"')
+    open(summary_path, "w").write(text)
+    with open(os.path.join(central, "eval.csv"), "w") as f:
+        f.write("epoch,loss,wer,cer,num_examples,sparsity\n1,3.0,0.9,0.5,12,0.5\n"
+                "2,2.0,0.8,0.4,12,0.5\n")
+    built = report.build_report(root)
+    names = sorted(os.path.basename(p) for p in built.plot_paths)
+    assert names == ["federated_vs_centralized.png", "wer_vs_round.png",
+                     "wer_vs_sparsity.png"]
+    assert all(os.path.getsize(p) > 1000 for p in built.plot_paths)
+    central = next(_cells(l) for l in built.table.splitlines() if l.startswith("| central "))
+    assert central[1] == "centralized" and central[-1] == "—"
+
+
+def test_zero_finished_runs_is_a_one_line_error(tmp_path):
+    os.makedirs(tmp_path / "half_done")
+    os.makedirs(tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "summary.json").write_text('{"config": {"mode"')
+    result = _run_report(str(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no finished experiments" in lines[0], result.stderr
+    assert "2 unfinished or unreadable" in lines[0]
+    assert not os.path.exists(tmp_path / "report.md")
+
+
+def test_missing_root_is_a_one_line_error(tmp_path):
+    result = _run_report(str(tmp_path / "nope"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0], result.stderr

@@ -1,0 +1,22 @@
+"""Deployment of a trained (pruned) model: TF Serving export, compaction, TFLite.
+
+* `export_checkpoint(checkpoint, export_base, model_name)` / `export_model(...)`:
+  a new version ``EXPORT_BASE/MODEL_NAME/VERSION/`` (written beside, renamed
+  into place) holding the serving SavedModel (`savedmodel`), compacted first
+  for structured pruning (`compaction`), with its ``.tflite`` in
+  ``assets.extra/`` (`tflite`).
+* ``python -m tff_prune.export --checkpoint=... --export_dir=...`` does it
+  from the command line; `tff_prune.serve_client` talks to TF Serving.
+
+Imports are lazy so that ``python -m tff_prune.export`` can set TensorFlow's
+log level before TensorFlow loads.
+"""
+
+__all__ = ["ExportResult", "export_checkpoint", "export_model"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from tff_prune.export import pipeline  # pylint: disable=import-outside-toplevel
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

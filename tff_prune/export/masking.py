@@ -1,0 +1,67 @@
+"""Pruned models without training: magnitude masks applied in place (tests, bench).
+
+A finished run's checkpoint already holds its masked weights (exact zeros);
+this module makes such a model from any Keras Conformer, with the same mask
+code the federated server uses (`MaskDecider`, one mask decision at the
+target sparsity), so export, compaction and TFLite can be checked and
+measured without a training run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tff_prune import config as config_lib
+from tff_prune import mask_policy
+from tff_prune import wrappers
+
+
+def apply_magnitude_masks(model: tf.keras.Model, scheme: str, sparsity: float,
+                          structure: str = "column", num_heads: int = 4,
+                          ) -> dict[str, np.ndarray]:
+    """Zeroes ``model``'s smallest units in place, as a finished run would have.
+
+    Masks come from `MaskDecider.from_scores` on |weight| (magnitude
+    importance, uniform allocation) over the default prunable layers. For
+    structured schemes whose removed units lose their bias
+    (`PruningConfig.masks_biases`), the bias of every fully pruned output unit
+    is zeroed too. Returns the kernel masks by 'layer/kernel' key.
+    """
+    pruning = config_lib.PruningConfig(scheme=scheme, structure=structure)
+    wrapped = wrappers.wrap_for_pruning(model, wrappers.select_prunable_layers(model))
+    index = wrappers.index_prunable_weights(wrapped)
+    decider = mask_policy.MaskDecider(pruning, index, num_heads=num_heads)
+    layers = {key: model.get_layer(key.rsplit("/", 1)[0]) for key in index.keys}
+    kernels = [getattr(layers[k], wrappers.kernel_attribute(layers[k])) for k in index.keys]
+    coupled = {}
+    if pruning.masks_biases:
+        # Bias magnitudes take part in unit scores, as in the server finalizer.
+        coupled = {f"{k.rsplit('/', 1)[0]}/bias": tf.abs(layers[k].bias)
+                   for k in index.keys if getattr(layers[k], "bias", None) is not None}
+    masks = decider.from_scores([tf.abs(k) for k in kernels], sparsity, coupled or None)
+    out = {}
+    for key, kernel, mask, depthwise in zip(index.keys, kernels, masks, index.depthwise):
+        kernel.assign(kernel * mask)
+        bias = getattr(layers[key], "bias", None)
+        if pruning.masks_biases and bias is not None:
+            bias.assign(bias * wrappers.bias_mask_from_kernel_mask(mask, depthwise))
+        out[key] = mask.numpy()
+    return out
+
+
+def randomize_non_kernel_weights(model: tf.keras.Model, seed: int = 0, scale: float = 0.1) -> None:
+    """Gives biases and LayerNorm offsets/scales random values, in place.
+
+    Keras initializes biases and LayerNorm betas to 0 and gammas to 1, which
+    would make "bias is zero" trivially true in an untrained model; tests of
+    compaction use this so that only pruning makes a bias zero.
+    """
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        name = variable.name.split("/")[-1].split(":")[0]
+        noise = rng.normal(0.0, scale, variable.shape).astype(np.float32)
+        if name in ("bias", "beta"):
+            variable.assign(noise)
+        elif name == "gamma":
+            variable.assign(1.0 + noise)
