@@ -78,8 +78,9 @@ def main(argv):
     final = summary["final"]
     print(f"[tff-prune] held-out WER {final['wer']:.3f}  CER {final['cer']:.3f}  "
           f"loss {final['loss']:.3f}  ({summary['wall_seconds'] / 60:.1f} min)")
-    print(f"[tff-prune] results: {config.output_dir}/ (summary.json, metrics.csv, eval.csv, "
-          f"tensorboard/)")
+    extra = ", tensorboard/, checkpoints/" if config.mode == "federated" else ""
+    print(f"[tff-prune] results: {config.output_dir}/ (summary.json, metrics.csv, "
+          f"eval.csv{extra})")
     from tff_prune import report  # pylint: disable=g-import-not-at-top
     try:
         built = report.build_report(config.root_output_dir)

@@ -50,16 +50,20 @@ def test_pruning_none_equals_tff_fed_avg(tiny_task, tff_runtime):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
-# Every scheme, every structure of the coupled kind, every policy and both
-# importances appear at least once (pairwise, to keep the suite fast).
+# With the presets' smoke runs (tests/test_presets.py: unstructured, block
+# and m_by_n under `server`; structured columns under every policy; Taylor),
+# every pruning scheme runs under every mask policy, and every structure and
+# importance appears.
 @pytest.mark.parametrize("scheme,structure,policy,importance", [
-    ("unstructured", "column", "server", "magnitude"),
-    ("structured", "column", "client_vote", "magnitude"),
-    ("structured", "row", "server", "magnitude"),
+    ("unstructured", "column", "client_vote", "taylor"),
+    ("unstructured", "column", "fixed", "magnitude"),
+    ("structured", "row", "client_vote", "magnitude"),
     ("structured", "head", "fixed", "magnitude"),
     ("structured", "channel", "server", "taylor"),
-    ("structured", "half_column", "client_vote", "magnitude"),
-    ("block", "column", "client_vote", "taylor"),
+    ("structured", "half_column", "server", "magnitude"),
+    ("block", "column", "client_vote", "magnitude"),
+    ("block", "column", "fixed", "taylor"),
+    ("m_by_n", "column", "client_vote", "magnitude"),
     ("m_by_n", "column", "fixed", "magnitude"),
 ])
 def test_three_rounds_reach_target_with_masked_weights_zero_and_loss_falling(

@@ -18,7 +18,10 @@ import tensorflow as tf
 from absl import logging
 
 from tasks import base
+from tff_prune import centralized_pruning
+from tff_prune import config as config_lib
 from tff_prune import evaluation
+from tff_prune import wrappers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +68,29 @@ def train_centralized(
     config: CentralizedConfig,
     model: Optional[tf.keras.Model] = None,
     on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+    pruning: Optional[config_lib.PruningConfig] = None,
+    total_rounds: int = 1,
 ) -> tuple[tf.keras.Model, list[dict]]:
     """Trains `task`'s model on pooled training data; returns it and history.
 
-    History has one record per epoch: train loss, seconds, and (every
-    `eval_every_epochs` and at the end) held-out loss / WER / CER.
+    With `pruning`, the model is wrapped and pruned on the federated round
+    schedule, a round being 1/`total_rounds` of all training steps (so the
+    pruning phases fall at the same fractions of training as in a federated
+    run with `total_rounds` rounds). History has one record per epoch: train
+    loss, sparsity, seconds, and (every `eval_every_epochs` and at the end)
+    held-out loss / WER / CER.
     """
     tf.keras.utils.set_random_seed(config.seed)
     model = model or task.build_model()
     steps_per_epoch = sum(1 for _ in task.pooled_dataset(training=True, seed=0))
+    pruner = None
+    if pruning is not None and pruning.enabled:
+        prunable = wrappers.select_prunable_layers(model, pruning.exclude_layers)
+        wrapped = wrappers.wrap_for_pruning(model, prunable)
+        model = wrapped
+        pruner = centralized_pruning.CentralizedPruner(
+            model, pruning, getattr(getattr(task, "model_config", None), "num_heads", 1),
+            steps_per_round=round(steps_per_epoch * config.epochs / max(total_rounds, 1)))
     schedule = WarmupCosineDecay(config.learning_rate, config.warmup_steps,
                                  steps_per_epoch * config.epochs,
                                  config.min_learning_rate_ratio)
@@ -86,16 +103,28 @@ def train_centralized(
         with tf.GradientTape() as tape:
             loss, _ = task.batch_loss(model, batch, training=True)
         grads = tape.gradient(loss, model.trainable_variables)
+        if pruner is not None:
+            grads = pruner.masked_gradients(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if pruner is not None:
+            pruner.apply_masks()
         return loss
 
     history = []
     start = time.monotonic()
+    step = 0
+    sparsity = 0.0
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.monotonic()
-        losses = [float(train_step(b)) for b in
-                  task.pooled_dataset(training=True, seed=config.seed * 1000 + epoch)]
+        losses = []
+        for batch in task.pooled_dataset(training=True, seed=config.seed * 1000 + epoch):
+            losses.append(float(train_step(batch)))
+            step += 1
+            if pruner is not None and step % pruner.steps_per_round == 0:
+                updated = pruner.end_of_round(step // pruner.steps_per_round)
+                sparsity = sparsity if updated is None else updated
         record = {"epoch": epoch, "train_loss": sum(losses) / len(losses),
+                  "sparsity": sparsity,
                   "epoch_seconds": time.monotonic() - epoch_start,
                   "elapsed_seconds": time.monotonic() - start}
         out_of_time = (config.time_budget_s is not None

@@ -98,10 +98,10 @@ class ExperimentConfig:
                 f"--mode={self.mode!r} is not one of: federated, centralized")
         if self.checkpoint_every_rounds < 1:
             raise config_lib.ConfigError("--checkpoint_every_rounds must be >= 1")
-        if self.mode == "centralized" and self.pruning.enabled:
+        if self.mode == "centralized" and self.pruning.policy == "client_vote":
             raise config_lib.ConfigError(
-                "--mode=centralized supports --pruning=none only (centralized "
-                "pruning is not built yet)")
+                "--mask_policy=client_vote needs clients: use server or fixed "
+                "with --mode=centralized")
 
     @property
     def output_dir(self) -> str:
@@ -459,22 +459,29 @@ def _run_centralized(config: ExperimentConfig, task: task_lib.AsrTask) -> dict:
             os.remove(os.path.join(out, name))
     eval_csv = CsvWriter(os.path.join(out, "eval.csv"), ["epoch"] + EVAL_COLUMNS[1:])
     train_csv = CsvWriter(os.path.join(out, "metrics.csv"),
-                          ["epoch", "train_loss", "epoch_seconds", "elapsed_seconds"])
+                          ["epoch", "train_loss", "sparsity", "epoch_seconds",
+                           "elapsed_seconds"])
 
     def on_epoch_end(epoch, record):
         train_csv.write(record)
         if "test_wer" in record:
-            eval_csv.write({"epoch": epoch, **{k[5:]: v for k, v in record.items()
-                                               if k.startswith("test_")}})
+            eval_csv.write({"epoch": epoch, "sparsity": record["sparsity"],
+                            **{k[5:]: v for k, v in record.items()
+                               if k.startswith("test_")}})
 
     model, history = centralized.train_centralized(
         task, dataclasses.replace(config.centralized, seed=config.seed),
-        on_epoch_end=on_epoch_end)
+        on_epoch_end=on_epoch_end, pruning=config.pruning,
+        total_rounds=config.federated.total_rounds)
     train_csv.close()
     eval_csv.close()
     final = {k[5:]: v for k, v in history[-1].items()
              if k.startswith("test_") and k != "test_examples"}
     weights = tff.learning.models.ModelWeights.from_model(model)
+    final["sparsity_per_layer"] = (
+        kernel_sparsity(weights, wrappers.index_prunable_weights(model))
+        if config.pruning.enabled else {"overall": 0.0})
+    final["sparsity"] = final["sparsity_per_layer"]["overall"]
     path = _save_model(model, weights, out, config)
     return {"final": final, "model": model_sizes(weights),
             "outputs": {"metrics_csv": os.path.join(out, "metrics.csv"),

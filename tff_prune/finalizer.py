@@ -94,8 +94,9 @@ def build_pruning_finalizer(
             total = float(sum(int(m.shape.num_elements()) for m in new_masks))
             measurements["masks_updated"] = do_update
             measurements["mask_change_fraction"] = changed / total
-            measurements["sparsity"] = 1.0 - tf.add_n(
-                [tf.reduce_sum(m) for m in new_masks]) / total
+            # Counted as zeros (not 1 - kept) so a dense model reads exactly 0.
+            measurements["sparsity"] = tf.add_n(
+                [tf.reduce_sum(1.0 - m) for m in new_masks]) / total
         for pos in index.step_index:
             non_trainable[pos] = tf.cast(round_num + 1, non_trainable[pos].dtype)
         new_weights = tff.learning.models.ModelWeights(

@@ -229,10 +229,30 @@ def _sort_key(exp: Experiment) -> tuple:
 # -- the table -----------------------------------------------------------------
 
 
+def recorded_bytes_per_round(exp: Experiment) -> Optional[int]:
+    """Mean bytes broadcast + uploaded per round, as the run recorded them in
+    metrics.csv (`bytes_broadcast`, `bytes_uploaded`); None when absent."""
+    path = os.path.join(exp.path, "metrics.csv")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None
+    totals = [_float(r.get("bytes_broadcast")) + _float(r.get("bytes_uploaded"))
+              for r in rows
+              if _float(r.get("bytes_broadcast")) is not None
+              and _float(r.get("bytes_uploaded")) is not None]
+    return int(round(sum(totals) / len(totals))) if totals else None
+
+
 def bytes_per_round(exp: Experiment) -> Optional[int]:
-    """Estimated bytes a federated round moves (see `BYTES_FOOTNOTE`)."""
+    """Bytes a federated round moves: as recorded by the run, else estimated
+    from the final model (see `BYTES_FOOTNOTE`)."""
     if exp.centralized or exp.clients_per_round is None:
         return None
+    recorded = recorded_bytes_per_round(exp)
+    if recorded is not None:
+        return recorded
     sizes = [b for b in (exp.sparse_bytes, exp.dense_bytes) if b is not None]
     if not sizes:
         return None
@@ -240,7 +260,10 @@ def bytes_per_round(exp: Experiment) -> Optional[int]:
 
 
 BYTES_FOOTNOTE = (
-    "Bytes/round is an estimate, not a measurement: clients/round × 2 × "
+    "Bytes/round: the mean over rounds of the bytes broadcast + uploaded that "
+    "the run recorded in metrics.csv (sparse encoding of the masked model and "
+    "deltas, plus Taylor scores or mask votes when the method sends them). "
+    "For runs without those columns it is an estimate: clients/round × 2 × "
     "min(sparse, dense) bytes of the final model, since each sampled client "
     "downloads the masked model and uploads a masked delta with the same "
     "support (the occupancy bitmask of the sparse encoding doubles as the mask). "
