@@ -180,6 +180,14 @@ def kernel_sparsity(weights: tff.learning.models.ModelWeights,
     return {"overall": overall, **per_layer}
 
 
+def mask_sparsity(weights: tff.learning.models.ModelWeights,
+                  index: wrappers.PrunableWeightIndex) -> float:
+    """Fraction of pruned entries in the wrappers' masks (all prunable kernels)."""
+    masks = [np.asarray(weights.non_trainable[i]) for i in index.mask_index]
+    total = sum(m.size for m in masks)
+    return float(sum(np.sum(m == 0) for m in masks)) / total if total else 0.0
+
+
 def model_sizes(weights: tff.learning.models.ModelWeights) -> dict[str, int]:
     """Parameter counts and dense / sparse byte estimates of the masked model."""
     tensors = {str(i): np.asarray(t) for i, t in enumerate(weights.trainable)}
@@ -380,8 +388,7 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
             state, done = initial_state, 0
         else:
             logging.info("resuming %s after round %d", out, done)
-        sparsity_in_force = kernel_sparsity(
-            built.process.get_model_weights(state), built.index)["overall"]
+        sparsity_in_force = mask_sparsity(state.global_model_weights, built.index)
         for round_num in range(done + 1, fed.total_rounds + 1):
             round_start = time.monotonic()
             cohort = cohort_for_round(task.train_client_ids, fed.clients_per_round,
@@ -411,7 +418,8 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
                 "bytes_uploaded": uploaded,
                 "round_seconds": time.monotonic() - round_start,
             }
-            sparsity_in_force = row["sparsity"]
+            # From the state itself, so that a resumed run computes the same.
+            sparsity_in_force = mask_sparsity(state.global_model_weights, built.index)
             _sync(train_release.release(_train_release(row), key=round_num))
             _sync(tensorboard.release(
                 {k: v for k, v in _train_release(row).items() if k != "phase"},
