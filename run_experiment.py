@@ -36,14 +36,20 @@ def _native_stderr_to(path: str):
         os.dup2(sink.fileno(), 2)
     python_stderr = sys.stderr
     sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1)
+    # Never closed: a logging handler created inside the block (absl's is
+    # created on first use) keeps this stream, and must still be able to
+    # write to the terminal after the block.
+    _KEPT_STREAMS.append(sys.stderr)
     try:
         yield
     finally:
         sys.stderr.flush()
-        sys.stderr.close()
         sys.stderr = python_stderr
         os.dup2(terminal, 2)
         os.close(terminal)
+
+
+_KEPT_STREAMS = []
 
 
 def main(argv):
@@ -53,19 +59,15 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
     from tff_prune import experiment  # pylint: disable=g-import-not-at-top
     from tff_prune import experiment_flags  # pylint: disable=g-import-not-at-top
+    from tff_prune import runtime  # pylint: disable=g-import-not-at-top
     try:
         config = experiment_flags.experiment_config_from_flags()
         print(f"[tff-prune] {config.mode} run -> {config.output_dir}", flush=True)
         progress = _Progress(config, experiment_flags.FLAGS.progress)
-        native_log = os.path.join(config.output_dir, "logs", "native_stderr.log")
         try:
-            os.makedirs(os.path.dirname(native_log), exist_ok=True)
-        except OSError:
-            native_log = os.devnull  # the run reports the unwritable dir itself
-        try:
-            with _native_stderr_to(native_log):
-                summary = experiment.run(config, on_round=progress.update,
-                                         overwrite=experiment_flags.FLAGS.overwrite)
+            summary = experiment.run(config, on_round=progress.update,
+                                     overwrite=experiment_flags.FLAGS.overwrite,
+                                     native_stderr=_native_stderr_to)
         finally:
             progress.close()
     except experiment.USER_ERRORS as e:
@@ -75,10 +77,14 @@ def main(argv):
         print("run_experiment.py: interrupted (rerun the same command to resume "
               "from the last checkpoint)", file=sys.stderr)
         return 130
+    except runtime.WorkerLostError as e:
+        print(f"run_experiment.py: error: {e}; the last checkpoint is kept: rerun the "
+              "same command to resume", file=sys.stderr)
+        return 3
     final = summary["final"]
     print(f"[tff-prune] held-out WER {final['wer']:.3f}  CER {final['cer']:.3f}  "
           f"loss {final['loss']:.3f}  ({summary['wall_seconds'] / 60:.1f} min)")
-    extra = ", tensorboard/, checkpoints/" if config.mode == "federated" else ""
+    extra = ", tensorboard/, checkpoints/" if config.mode == "federated" else ", checkpoints/"
     print(f"[tff-prune] results: {config.output_dir}/ (summary.json, metrics.csv, "
           f"eval.csv{extra})")
     from tff_prune import report  # pylint: disable=g-import-not-at-top
@@ -92,11 +98,19 @@ def main(argv):
     export_dir = experiment_flags.FLAGS.export_dir
     if export_dir != "none":
         from tff_prune import export  # pylint: disable=g-import-not-at-top
-        # TFLite conversion is loud on the native stderr: keep it in the log.
-        with _native_stderr_to(native_log):
-            result = export.export_checkpoint(
-                summary["outputs"]["final_model"],
-                export_dir or os.path.join(config.output_dir, "export"))
+        native_log = os.path.join(config.output_dir, "logs", "native_stderr.log")
+        try:
+            # TFLite conversion is loud on the native stderr: keep it in the log.
+            with _native_stderr_to(native_log):
+                result = export.export_checkpoint(
+                    summary["outputs"]["final_model"],
+                    export_dir or os.path.join(config.output_dir, "export"))
+        except export.ExportError as e:
+            print(f"run_experiment.py: error: export failed: {e}; the trained model is "
+                  f"kept in {summary['outputs']['final_model']} (export it later with "
+                  f"python -m tff_prune.export --checkpoint={config.output_dir} "
+                  "--export_dir=DIR)", file=sys.stderr)
+            return 4
         print(f"[tff-prune] export:  {result.path} (TF Serving version {result.version}, "
               f"{result.params:,} params; see docs/serving.md)")
     return 0
@@ -108,6 +122,7 @@ class _Progress:
     def __init__(self, config, mode: str):
         self.total = (config.federated.total_rounds if config.mode == "federated"
                       else config.centralized.epochs)
+        self.unit = "round" if config.mode == "federated" else "epoch"
         self.enabled = mode == "on" or (mode == "auto" and sys.stdout.isatty())
         self.bar = None
         self.wer = None
@@ -117,14 +132,14 @@ class _Progress:
             self.wer = row["eval_wer"]
         if not self.enabled:
             if "eval_wer" in row:
-                print(f"[round {row['round']}] loss {row['train_loss']:.2f}  "
+                print(f"[{self.unit} {row['round']}] loss {row['train_loss']:.2f}  "
                       f"sparsity {row['sparsity']:.3f}  held-out WER {row['eval_wer']:.3f} "
                       f"CER {row['eval_cer']:.3f}", flush=True)
             return
         if self.bar is None:
             import tqdm  # pylint: disable=g-import-not-at-top
             self.bar = tqdm.tqdm(total=self.total, initial=row["round"] - 1,
-                                 unit="round", dynamic_ncols=True)
+                                 unit=self.unit, dynamic_ncols=True)
         postfix = {"loss": f"{row['train_loss']:.2f}", "sparsity": f"{row['sparsity']:.2f}"}
         if self.wer is not None:
             postfix["WER"] = f"{self.wer:.3f}"

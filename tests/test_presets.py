@@ -1,5 +1,6 @@
 """Every preset in bazel_configs/ parses and validates; every _smoke variant runs."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -9,6 +10,7 @@ import sys
 import pytest
 from absl import flags
 
+from tff_prune import experiment
 from tff_prune import experiment_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,10 +46,39 @@ def test_preset_parses_and_validates(path):
     assert config.experiment_name == os.path.basename(path)[:-4]
 
 
-@pytest.mark.parametrize("path", SMOKE, ids=os.path.basename)
-def test_smoke_variant_runs_end_to_end(path, tmp_path_factory):
+def _settings(config) -> dict:
+    """What a run computes: its config less where it is written."""
+    record = experiment._jsonable(dataclasses.asdict(
+        dataclasses.replace(config, experiment_name="-", root_output_dir="-")))
+    return record
+
+
+def _smoke_groups() -> list[list[str]]:
+    """Smoke variants grouped by identical settings: the smoke flags shrink
+    some presets (the cohort sweep, the server policy) to the same run, and
+    one run proves a group."""
+    groups: dict[str, list[str]] = {}
+    for path in SMOKE:
+        key = json.dumps(_settings(_config(path)), sort_keys=True)
+        groups.setdefault(key, []).append(path)
+    return list(groups.values())
+
+
+def test_smoke_groups_merge_only_identical_runs():
+    groups = _smoke_groups()
+    assert sorted(p for g in groups for p in g) == SMOKE
+    # The pruning method of every preset is run by some group.
+    methods = {json.dumps(_settings(_config(g[0]))["pruning"], sort_keys=True)
+               for g in groups}
+    assert len(methods) >= 9
+
+
+@pytest.mark.parametrize("group", _smoke_groups(),
+                         ids=lambda g: "+".join(os.path.basename(p)[:-10] for p in g))
+def test_smoke_variant_runs_end_to_end_with_its_settings(group, tmp_path_factory):
     # Exactly as a user runs a preset (in its own process, which also keeps
     # this test process's memory flat).
+    path = group[0]
     cache = tmp_path_factory.getbasetemp() / "smoke_corpus"  # shared: generated once
     out = tmp_path_factory.mktemp("smoke_out")
     name = os.path.basename(path)[:-4]
@@ -59,6 +90,15 @@ def test_smoke_variant_runs_end_to_end(path, tmp_path_factory):
     assert "held-out WER" in result.stdout
     with open(out / name / "summary.json") as f:
         summary = json.load(f)
+    # The run used the preset's settings (scheme, structure, importance,
+    # allocation, policy, schedule, cohort, mode...), for every preset of the group.
+    ran = {k: v for k, v in summary["config"].items()
+           if k not in ("experiment_name", "root_output_dir")}
+    for member in group:
+        settings = _settings(_config(member, f"--corpus_cache_dir={cache}"))
+        expected = {k: v for k, v in json.loads(json.dumps(settings)).items()
+                    if k not in ("experiment_name", "root_output_dir")}
+        assert ran == expected, member
     assert 0.0 <= summary["final"]["cer"] <= 2.0
     if summary["config"]["pruning"]["scheme"] != "none":
         assert summary["final"]["sparsity_per_layer"]["overall"] > 0.2

@@ -18,7 +18,7 @@ TIME_COLUMNS = {"round_seconds"}
 def _args(tiny_corpus_dir, root, name="run", **overrides):
     flags = {
         "corpus_dir": f"{tiny_corpus_dir}/train", "test_corpus_dir": f"{tiny_corpus_dir}/test",
-        "model_size": "tiny", "pruning": "structured", "total_rounds": 4,
+        "model_size": "micro", "pruning": "structured", "total_rounds": 4,
         "clients_per_round": 2, "client_epochs": 1, "prune_begin_round": 1,
         "prune_end_round": 3, "prune_every_rounds": 1, "refine_rounds": 1,
         "eval_every_rounds": 2, "checkpoint_every_rounds": 2, "progress": "off",
@@ -75,17 +75,37 @@ def test_killed_run_resumes_to_the_same_result(tiny_corpus_dir, tmp_path):
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
-def test_rerun_with_different_flags_is_refused(tiny_corpus_dir, tmp_path):
+def test_more_rounds_extend_other_settings_are_refused_and_export_errors_keep_the_model(
+        tiny_corpus_dir, tmp_path):
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    first = subprocess.run(_args(tiny_corpus_dir, tmp_path, total_rounds=1, eval_every_rounds=1,
-                                 prune_end_round=1, refine_rounds=0),
+    one_round = dict(total_rounds=1, eval_every_rounds=1, prune_end_round=1,
+                     refine_rounds=0, export_dir="none")
+    first = subprocess.run(_args(tiny_corpus_dir, tmp_path, **one_round),
                            capture_output=True, text=True, timeout=600, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir / "keep.txt").write_text("results")
+
+    # More rounds, another checkpoint and eval cadence: the run is extended
+    # from its checkpoint. The export then fails (its base is a file): one
+    # line, and the trained model stays.
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    extended = subprocess.run(
+        _args(tiny_corpus_dir, tmp_path, **{**one_round, "total_rounds": 2,
+                                            "checkpoint_every_rounds": 1,
+                                            "export_dir": blocker / "export"}),
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert extended.returncode != 0
+    assert "Traceback" not in extended.stderr, extended.stderr[-3000:]
+    errors = [l for l in extended.stderr.splitlines() if "error" in l]
+    assert len(errors) == 1 and "export" in errors[0], extended.stderr[-3000:]
+    assert [r["round"] for r in _csv(run_dir / "metrics.csv")] == ["1", "2"]
+    assert (run_dir / "final_model" / "weights.index").exists()
+    assert _weights(run_dir)
+
     second = subprocess.run(
-        _args(tiny_corpus_dir, tmp_path, total_rounds=1, eval_every_rounds=1,
-              prune_end_round=1, refine_rounds=0, target_sparsity=0.7),
+        _args(tiny_corpus_dir, tmp_path, **{**one_round, "total_rounds": 2},
+              target_sparsity=0.7),
         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert second.returncode == 2
     errors = [l for l in second.stderr.splitlines() if "error" in l]

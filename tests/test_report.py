@@ -19,9 +19,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _run_experiment(corpus: str, root: str, scheme: str) -> None:
-    """One 2-round tiny federated run that prunes to 50% (~1 min)."""
+    """One 2-round micro federated run that prunes to 50% (~1 min)."""
     args = [sys.executable, "run_experiment.py", f"--corpus_dir={corpus}/train",
-            f"--test_corpus_dir={corpus}/test", "--model_size=tiny", "--total_rounds=2",
+            f"--test_corpus_dir={corpus}/test", "--model_size=micro", "--total_rounds=2",
+            "--export_dir=none",
             "--clients_per_round=2", "--client_epochs=1", "--prune_begin_round=1",
             "--prune_end_round=2", "--prune_every_rounds=1", "--refine_rounds=0",
             "--eval_every_rounds=1", f"--root_output_dir={root}",

@@ -38,6 +38,16 @@ class CentralizedConfig:
     time_budget_s: Optional[float] = None
     seed: int = 0
 
+    def __post_init__(self):
+        for name, flag in (("epochs", "--centralized_epochs"),
+                           ("eval_every_epochs", "--eval_every_epochs")):
+            if getattr(self, name) < 1:
+                raise config_lib.ConfigError(
+                    f"{flag} must be >= 1, not {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise config_lib.ConfigError(
+                f"--learning_rate must be > 0, not {self.learning_rate}")
+
 
 class WarmupCosineDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `peak`, then cosine decay to `peak * min_ratio`."""
@@ -70,6 +80,7 @@ def train_centralized(
     on_epoch_end: Optional[Callable[[int, dict], None]] = None,
     pruning: Optional[config_lib.PruningConfig] = None,
     total_rounds: int = 1,
+    checkpoint_dir: Optional[str] = None,
 ) -> tuple[tf.keras.Model, list[dict]]:
     """Trains `task`'s model on pooled training data; returns it and history.
 
@@ -79,6 +90,13 @@ def train_centralized(
     run with `total_rounds` rounds). History has one record per epoch: train
     loss, sparsity, seconds, and (every `eval_every_epochs` and at the end)
     held-out loss / WER / CER.
+
+    With `checkpoint_dir`, the model, the optimizer, the pruner's dense copies
+    and scores and the epoch are saved after every epoch, and a call finding a
+    checkpoint there continues after its epoch: the data order is a function
+    of (seed, epoch), so a resumed run ends as an uninterrupted one would.
+    History then holds only the epochs this call ran; when the checkpoint is
+    already at the last epoch, its one record is the held-out evaluation.
     """
     tf.keras.utils.set_random_seed(config.seed)
     model = model or task.build_model()
@@ -98,7 +116,10 @@ def train_centralized(
         learning_rate=schedule, weight_decay=config.weight_decay,
         global_clipnorm=config.clip_norm)
 
-    @tf.function(reduce_retracing=True)
+    # One trace for every batch shape: a resumed run then executes exactly
+    # the graph an uninterrupted one does (shape-specialised traces round
+    # differently), so resuming is bit-exact.
+    @tf.function(input_signature=[task.batch_spec])
     def train_step(batch):
         with tf.GradientTape() as tape:
             loss, _ = task.batch_loss(model, batch, training=True)
@@ -110,11 +131,35 @@ def train_centralized(
             pruner.apply_masks()
         return loss
 
+    epoch_done = tf.Variable(0, dtype=tf.int64, trainable=False)
+    sparsity_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    manager = None
+    if checkpoint_dir is not None:
+        # Optimizer slots exist only after a first step: create them now so
+        # that a restore fills them instead of deferring.
+        optimizer.build(model.trainable_variables)
+        pruner_state = ([] if pruner is None else
+                        [v for name in ("_shadow", "importance")
+                         for v in getattr(pruner, name, [])])
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                         pruner=pruner_state, epoch=epoch_done,
+                                         sparsity=sparsity_var)
+        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2,
+                                             checkpoint_name="epoch")
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            logging.info("resuming centralized training after epoch %d",
+                         int(epoch_done.numpy()))
+    first_epoch = int(epoch_done.numpy()) + 1
     history = []
     start = time.monotonic()
-    step = 0
-    sparsity = 0.0
-    for epoch in range(1, config.epochs + 1):
+    step = (first_epoch - 1) * steps_per_epoch
+    sparsity = float(sparsity_var.numpy())
+    if first_epoch > config.epochs:  # finished already: evaluate once more
+        result = evaluation.evaluate_model(task, model, task.pooled_dataset(training=False))
+        history.append({"epoch": config.epochs, "sparsity": sparsity,
+                        **{f"test_{k}": v for k, v in result.items()}})
+    for epoch in range(first_epoch, config.epochs + 1):
         epoch_start = time.monotonic()
         losses = []
         for batch in task.pooled_dataset(training=True, seed=config.seed * 1000 + epoch):
@@ -139,6 +184,10 @@ def train_centralized(
                      {k: v for k, v in record.items() if k != "test_examples"})
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
+        if manager is not None:
+            epoch_done.assign(epoch)
+            sparsity_var.assign(sparsity)
+            manager.save(checkpoint_number=epoch)
         if out_of_time:
             logging.info("time budget of %.0f s reached", config.time_budget_s)
             break

@@ -14,6 +14,7 @@ leaves behind, in `root_output_dir/experiment_name/`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import collections
 import csv
 import dataclasses
@@ -21,9 +22,10 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, ContextManager, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +40,7 @@ from tff_prune import aggregation
 from tff_prune import centralized
 from tff_prune import config as config_lib
 from tff_prune import federated_eval
+from tff_prune import output_dir
 from tff_prune import process as process_lib
 from tff_prune import runtime
 from tff_prune import wrappers
@@ -96,6 +99,8 @@ class ExperimentConfig:
         if self.mode not in ("federated", "centralized"):
             raise config_lib.ConfigError(
                 f"--mode={self.mode!r} is not one of: federated, centralized")
+        if self.seed < 0:
+            raise config_lib.ConfigError(f"--seed must be >= 0, not {self.seed}")
         if self.checkpoint_every_rounds < 1:
             raise config_lib.ConfigError("--checkpoint_every_rounds must be >= 1")
         if self.mode == "centralized" and self.pruning.policy == "client_vote":
@@ -115,19 +120,6 @@ def build_optimizer(name: str, learning_rate: float) -> tff.learning.optimizers.
     if name == "sgdm":
         return tff.learning.optimizers.build_sgdm(learning_rate, momentum=0.9)
     return tff.learning.optimizers.build_adam(learning_rate)
-
-
-def prepare_output_dir(path: str) -> None:
-    """Creates the output dir or fails with one line if it can't be written."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise config_lib.ConfigError(
-            f"output directory {path} is not writable: {e.strerror}") from None
 
 
 class CsvWriter:
@@ -203,72 +195,38 @@ def build_task(config: ExperimentConfig) -> task_lib.AsrTask:
     return task_lib.AsrTask(train, test, config.task)
 
 
-def _flatten(value, prefix="") -> dict:
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: value}
-
-
-# Where the run is written, not what it computes.
-_LOCATION_KEYS = ("root_output_dir", "experiment_name")
-
-
-def check_or_record_config(config: ExperimentConfig, overwrite: bool) -> None:
-    """Refuses to mix runs: an existing experiment must have the same config.
-
-    With `overwrite`, a differing experiment directory is deleted first.
-    A matching one is resumed from its latest checkpoint.
-    """
-    out = config.output_dir
-    path = os.path.join(out, "config.json")
-    current = {k: v for k, v in _flatten(_jsonable(dataclasses.asdict(config))).items()
-               if k not in _LOCATION_KEYS}
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        differing = sorted(k for k in set(previous) | set(current)
-                           if previous.get(k) != current.get(k))
-        if differing and not overwrite:
-            details = ", ".join(f"{k} ({previous.get(k)!r} -> {current.get(k)!r})"
-                                for k in differing[:6])
-            more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
-            raise config_lib.ConfigError(
-                f"experiment {out} exists with different settings: {details}{more}; "
-                "pass --overwrite to replace it or choose another --experiment_name")
-        if differing:
-            shutil.rmtree(out)
-    elif overwrite and os.path.isdir(out):
-        shutil.rmtree(out)
-    prepare_output_dir(out)
-    with open(path, "w") as f:
-        json.dump(current, f, indent=2, sort_keys=True)
-
-
 def run(config: ExperimentConfig,
         on_round: Optional[Callable[[dict], None]] = None,
-        overwrite: bool = False) -> dict:
+        overwrite: bool = False,
+        native_stderr: Optional[Callable[[str], ContextManager]] = None) -> dict:
     """Runs one experiment; returns the summary (also written to summary.json).
 
-    An existing experiment with the same config resumes from its latest
-    checkpoint; one with a different config is refused (or replaced with
-    `overwrite`).
+    An existing experiment with the same settings resumes from its latest
+    checkpoint (a larger `total_rounds` extends it); one with different
+    settings is refused, or replaced with `overwrite` -- but only once the new
+    run has passed every check (data, cohort), so a failed start changes
+    nothing on disk. `native_stderr(path)`, if given, is entered once the run
+    has started, with the path of the run's native log.
     """
     start = time.monotonic()
     out = config.output_dir
-    prepare_output_dir(config.root_output_dir)
-    check_or_record_config(config, overwrite)
+    output_dir.prepare_output_dir(config.root_output_dir)
+    plan = output_dir.plan_output_dir(
+        out, output_dir.flatten(_jsonable(dataclasses.asdict(config))), overwrite)
     task = build_task(config)
-    if config.mode == "federated":
-        if config.federated.clients_per_round > len(task.train_client_ids):
-            raise config_lib.ConfigError(
-                f"--clients_per_round={config.federated.clients_per_round} is larger "
-                f"than the training population ({len(task.train_client_ids)} speakers)")
-        result = _run_federated(config, task, on_round)
-    else:
-        result = _run_centralized(config, task)
+    if config.mode == "federated" and (
+            config.federated.clients_per_round > len(task.train_client_ids)):
+        raise config_lib.ConfigError(
+            f"--clients_per_round={config.federated.clients_per_round} is larger "
+            f"than the training population ({len(task.train_client_ids)} speakers)")
+    output_dir.commit_output_dir(plan)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    with (native_stderr or (lambda _: contextlib.nullcontext()))(
+            os.path.join(out, "logs", "native_stderr.log")):
+        if config.mode == "federated":
+            result = _run_federated(config, task, on_round)
+        else:
+            result = _run_centralized(config, task, on_round)
     summary = {
         "config": _jsonable(dataclasses.asdict(config)),
         "task": task.describe(),
@@ -347,6 +305,32 @@ def round_bytes(index: wrappers.PrunableWeightIndex, num_params: int, sparsity: 
     return clients * model, clients * upload
 
 
+def load_latest_readable_checkpoint(
+        state_manager: tff.program.FileProgramStateManager, checkpoint_dir: str,
+        structure: Any) -> tuple[Any, int]:
+    """(state, round) of the newest checkpoint that loads, or (None, 0).
+
+    First removes TFF's half-written `*_temp*` leftovers (a crash during a
+    save); a checkpoint that cannot be read is reported on stderr and the
+    previous one is tried, so a damaged save costs rounds, never the run.
+    """
+    if os.path.isdir(checkpoint_dir):
+        for name in os.listdir(checkpoint_dir):
+            if "_temp" in name:
+                shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)
+    versions = sorted(_sync(state_manager.get_versions()) or [], reverse=True)
+    for version in versions:
+        try:
+            return _sync(state_manager.load(version, structure)), version
+        except Exception as e:  # pylint: disable=broad-except
+            # TF raises many types for a damaged SavedModel; any of them means
+            # this one is unusable and an older one may do.
+            message = " ".join(str(e).split())[:200] or type(e).__name__
+            print(f"[tff-prune] checkpoint round_{version} is unreadable ({message}); "
+                  "trying the previous one", file=sys.stderr, flush=True)
+    return None, 0
+
+
 def _train_release(row: dict) -> collections.OrderedDict:
     return collections.OrderedDict((k, row[k]) for k in TRAIN_COLUMNS[1:] if k in row)
 
@@ -383,7 +367,8 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
     num_params = sum(int(np.prod(s)) for s in built.index.trainable_shapes)
     with runtime.local_runtime(log_dir=os.path.join(out, "logs")):
         initial_state = built.process.initialize()
-        state, done = _sync(state_manager.load_latest(initial_state))
+        state, done = load_latest_readable_checkpoint(
+            state_manager, os.path.join(out, "checkpoints"), initial_state)
         if state is None:
             state, done = initial_state, 0
         else:
@@ -460,11 +445,33 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
     }
 
 
-def _run_centralized(config: ExperimentConfig, task: task_lib.AsrTask) -> dict:
+def _truncate_csv(path: str, key: str, last: int) -> None:
+    """Drops the rows of `path` whose `key` is past `last` (a resumed run
+    writes them again)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(path + ".tmp", "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(r for r in rows if int(r[key]) <= last)
+    os.replace(path + ".tmp", path)
+
+
+def _latest_centralized_epoch(checkpoint_dir: str) -> int:
+    latest = tf.train.latest_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def _run_centralized(config: ExperimentConfig, task: task_lib.AsrTask,
+                     on_round: Optional[Callable[[dict], None]] = None) -> dict:
     out = config.output_dir
-    for name in ("metrics.csv", "eval.csv"):  # no checkpoints: always from scratch
-        if os.path.exists(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
+    checkpoint_dir = os.path.join(out, "checkpoints")
+    done = _latest_centralized_epoch(checkpoint_dir)
+    for name in ("metrics.csv", "eval.csv"):
+        _truncate_csv(os.path.join(out, name), "epoch", done)
     eval_csv = CsvWriter(os.path.join(out, "eval.csv"), ["epoch"] + EVAL_COLUMNS[1:])
     train_csv = CsvWriter(os.path.join(out, "metrics.csv"),
                           ["epoch", "train_loss", "sparsity", "epoch_seconds",
@@ -476,11 +483,16 @@ def _run_centralized(config: ExperimentConfig, task: task_lib.AsrTask) -> dict:
             eval_csv.write({"epoch": epoch, "sparsity": record["sparsity"],
                             **{k[5:]: v for k, v in record.items()
                                if k.startswith("test_")}})
+        if on_round is not None:
+            on_round({"round": epoch, "train_loss": record["train_loss"],
+                      "sparsity": record["sparsity"],
+                      **{f"eval_{k[5:]}": v for k, v in record.items()
+                         if k.startswith("test_")}})
 
     model, history = centralized.train_centralized(
         task, dataclasses.replace(config.centralized, seed=config.seed),
         on_epoch_end=on_epoch_end, pruning=config.pruning,
-        total_rounds=config.federated.total_rounds)
+        total_rounds=config.federated.total_rounds, checkpoint_dir=checkpoint_dir)
     train_csv.close()
     eval_csv.close()
     final = {k[5:]: v for k, v in history[-1].items()
@@ -493,7 +505,8 @@ def _run_centralized(config: ExperimentConfig, task: task_lib.AsrTask) -> dict:
     path = _save_model(model, weights, out, config)
     return {"final": final, "model": model_sizes(weights),
             "outputs": {"metrics_csv": os.path.join(out, "metrics.csv"),
-                        "eval_csv": os.path.join(out, "eval.csv"), "final_model": path}}
+                        "eval_csv": os.path.join(out, "eval.csv"),
+                        "checkpoints": checkpoint_dir, "final_model": path}}
 
 
 USER_ERRORS = (config_lib.ConfigError, CorpusError)

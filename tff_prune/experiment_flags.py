@@ -128,6 +128,13 @@ def experiment_config_from_flags() -> experiment.ExperimentConfig:
     except ValueError:
         raise config_lib.ConfigError(
             f"--block_shape must be two ints, not {','.join(FLAGS.block_shape)}") from None
+    if not 0.0 <= FLAGS.dropout < 1.0:
+        raise config_lib.ConfigError(f"--dropout must be in [0, 1), not {FLAGS.dropout}")
+    try:
+        re.compile(FLAGS.exclude_layers or "")
+    except re.error as e:
+        raise config_lib.ConfigError(
+            f"--exclude_layers={FLAGS.exclude_layers!r} is not a valid regex: {e}") from None
     batch_size = (FLAGS.client_batch_size if FLAGS.mode == "federated"
                   else FLAGS.centralized_batch_size)
     if batch_size < 1:

@@ -84,6 +84,12 @@ class ConformerConfig:
             raise ValueError("num_mel_bins must be >= 7 for two valid stride-2 3x3 convs")
 
     @classmethod
+    def micro(cls, **overrides) -> "ConformerConfig":
+        """d32 x 1 block x 2 heads, 16 subsampling channels (~40k parameters):
+        the smallest model with every coupled unit kind (process tests)."""
+        return cls(**{**dict(d_model=32, num_blocks=1, num_heads=2, subsampling_channels=16), **overrides})
+
+    @classmethod
     def tiny(cls, **overrides) -> "ConformerConfig":
         """d64 x 2 blocks x 4 heads, 32 subsampling channels (~245k parameters; tests)."""
         return cls(**{**dict(d_model=64, num_blocks=2, num_heads=4, subsampling_channels=32), **overrides})

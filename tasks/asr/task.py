@@ -25,7 +25,7 @@ from tasks.asr import model as model_lib
 from tasks.asr import text
 from tasks.asr.corpus import SpeechCorpus, Utterance
 
-MODEL_PRESETS = ("tiny", "small", "medium", "paper")
+MODEL_PRESETS = ("micro", "tiny", "small", "medium", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
