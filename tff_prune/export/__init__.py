@@ -12,7 +12,7 @@ Imports are lazy so that ``python -m tff_prune.export`` can set TensorFlow's
 log level before TensorFlow loads.
 """
 
-__all__ = ["ExportResult", "export_checkpoint", "export_model"]
+__all__ = ["ExportError", "ExportResult", "export_checkpoint", "export_model"]
 
 
 def __getattr__(name):

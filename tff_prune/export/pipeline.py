@@ -116,6 +116,10 @@ def export_model(model: tf.keras.Model, model_config: model_lib.ConformerConfig,
     return result
 
 
+class ExportError(RuntimeError):
+    """An export that failed (unwritable base, failed conversion): one line."""
+
+
 def export_checkpoint(checkpoint: str, export_base: str, model_name: str = "asr",
                       compact: str = "auto", tflite: bool = True) -> ExportResult:
     """Exports a saved run (experiment dir, its ``final_model/`` or weights prefix).
@@ -123,9 +127,15 @@ def export_checkpoint(checkpoint: str, export_base: str, model_name: str = "asr"
     TFLite's sparsity optimization is tried for unstructured, block and 2:4 runs.
     """
     run = checkpoint_lib.load_saved_run(checkpoint)
-    return export_model(
-        run.model, run.model_config, run.feature_config, export_base, model_name,
-        compact=should_compact(compact, run.pruning), tflite=tflite,
-        tflite_sparsity=tflite and run.pruning.get("scheme") in _SPARSE_SCHEMES,
-        metadata={"source_checkpoint": os.path.abspath(run.weights_prefix),
-                  "pruning": run.pruning})
+    try:
+        # Reads the run, writes only under export_base: a failure here never
+        # touches the trained model.
+        return export_model(
+            run.model, run.model_config, run.feature_config, export_base, model_name,
+            compact=should_compact(compact, run.pruning), tflite=tflite,
+            tflite_sparsity=tflite and run.pruning.get("scheme") in _SPARSE_SCHEMES,
+            metadata={"source_checkpoint": os.path.abspath(run.weights_prefix),
+                      "pruning": run.pruning})
+    except (OSError, ValueError, RuntimeError) as e:
+        cause = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ExportError(f"cannot export to {export_base}: {cause}") from e
