@@ -39,8 +39,8 @@ def tiny_corpus_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_task(tiny_corpus_dir):
-    """The ASR task on the tiny corpus: tiny Conformer, no dropout, batch 4."""
+def micro_task(tiny_corpus_dir):
+    """The ASR task on the tiny corpus: micro Conformer, no dropout, batch 4."""
     import os
 
     from tasks.asr import librispeech
@@ -49,7 +49,7 @@ def tiny_task(tiny_corpus_dir):
     train = librispeech.load_librispeech(os.path.join(tiny_corpus_dir, "train"))
     test = librispeech.load_librispeech(os.path.join(tiny_corpus_dir, "test"))
     return task_lib.AsrTask(train, test, task_lib.AsrTaskConfig(
-        model_size="tiny", dropout=0.0, batch_size=4))
+        model_size="micro", dropout=0.0, batch_size=4))
 
 
 @pytest.fixture(scope="session")

@@ -47,15 +47,43 @@ def test_masked_mean_averages_only_over_unmasked_clients(tff_runtime):
     np.testing.assert_allclose(out.result["b"], [14 / 6, 14 / 6], rtol=1e-6)
 
 
-def test_masked_mean_stacks_with_tff_clipping(tff_runtime):
-    # Clip each client's weighted contribution to norm 1 through TFF's factory.
+def _client(w, b, mask_w):
+    return collections.OrderedDict(
+        values=collections.OrderedDict(w=np.array(w, np.float32), b=np.array(b, np.float32)),
+        masks=collections.OrderedDict(w=np.array(mask_w, np.float32), b=np.float32(1)))
+
+
+def test_clip_norm_clips_each_clients_own_delta_before_weighting(tff_runtime):
+    # Unequal client sizes: a clip of the weighted contribution would clip at C/w_i.
+    process = aggregation.MaskedWeightedMeanFactory(clip_norm=1.0).create(
+        _value_type([2]), tff.TensorType(np.float32))
+    clients = [_client([3.0, 40.0], [0.0, 4.0], [1, 0]),   # masked part (40) is not clipped in
+               _client([0.3, 0.4], [0.0, 0.0], [1, 1])]    # norm 0.5: untouched
+    weights = [np.float32(1.0), np.float32(9.0)]
+    out = process.next(process.initialize(), clients, weights)
+    # Client 0's kept delta (w=[3, 0], b=[0, 4]) has norm 5 -> scaled by 1/5.
+    c0_w, c0_b = np.array([0.6, 0.0]), np.array([0.0, 0.8])
+    c1_w, c1_b = np.array([0.3, 0.4]), np.array([0.0, 0.0])
+    expected_w = [(1 * c0_w[0] + 9 * c1_w[0]) / 10, c1_w[1]]  # w[1] only on client 1
+    expected_b = (1 * c0_b + 9 * c1_b) / 10
+    np.testing.assert_allclose(out.result["w"], expected_w, rtol=1e-5)
+    np.testing.assert_allclose(out.result["b"], expected_b, rtol=1e-5)
+    # The old placement (TFF's clipping sum under the mean) clips w_i*m_i*v_i instead.
+    old = aggregation.MaskedWeightedMeanFactory(
+        value_sum_factory=tff.aggregators.clipping_factory(
+            1.0, tff.aggregators.SumFactory())).create(
+        _value_type([2]), tff.TensorType(np.float32))
+    old_out = old.next(old.initialize(), clients, weights)
+    assert not np.allclose(old_out.result["w"], expected_w, rtol=1e-3)
+
+
+def test_clip_norm_stacks_with_an_inner_sum_factory(tff_runtime):
+    # clip_norm clips per client; a TFF sum factory (here: clipping of the
+    # weighted sum at norm 0.5) still applies under the mean.
     factory = aggregation.MaskedWeightedMeanFactory(
         value_sum_factory=tff.aggregators.clipping_factory(
-            1.0, tff.aggregators.SumFactory()))
+            0.5, tff.aggregators.SumFactory()), clip_norm=1.0)
     process = factory.create(_value_type([2]), tff.TensorType(np.float32))
-    value = collections.OrderedDict(
-        values=collections.OrderedDict(w=np.array([30.0, 40.0], np.float32),
-                                       b=np.zeros([2], np.float32)),
-        masks=collections.OrderedDict(w=np.ones([2], np.float32), b=np.float32(1)))
+    value = _client([30.0, 40.0], [0.0, 0.0], [1, 1])
     out = process.next(process.initialize(), [value], [np.float32(1.0)])
-    np.testing.assert_allclose(out.result["w"], [0.6, 0.8], rtol=1e-5)
+    np.testing.assert_allclose(out.result["w"], [0.3, 0.4], rtol=1e-5)

@@ -1,5 +1,13 @@
-"""run_experiment.py from the command line: results, and one-line errors."""
+"""run_experiment.py from the command line: results, and one-line errors.
 
+One sparsity figure everywhere: under `--structure=head` only the attention
+kernels are pruned, and every report of a run (metrics.csv, eval.csv,
+summary.json; federated and centralized alike) reads the pruned fraction of
+*those* masks (`stats.mask_sparsity` over `MaskDecider.covered_keys`), not a
+figure diluted by the kernels the structure never touches.
+"""
+
+import csv
 import json
 import os
 import shutil
@@ -32,6 +40,34 @@ def _assert_one_line_error(result, *needles):
         assert needle in message, result.stderr[-3000:]
 
 
+# micro: 2 heads per block, so 50% of heads is exactly one head each.
+_HEAD_PRUNING = ["--model_size=micro", "--pruning=structured", "--structure=head",
+                 "--mask_policy=fixed", "--target_sparsity=0.5", "--prune_begin_round=1",
+                 "--prune_end_round=2", "--refine_rounds=0", "--prune_every_rounds=1"]
+
+
+def _column(path, name):
+    with open(path) as f:
+        return [float(row[name]) for row in csv.DictReader(f)]
+
+
+def _assert_head_sparsity_everywhere(out):
+    # The last metrics row is after the (fixed) mask decision; every eval
+    # row is after it too.
+    assert _column(out / "metrics.csv", "sparsity")[-1] == pytest.approx(0.5, abs=1e-3)
+    for value in _column(out / "eval.csv", "sparsity"):
+        assert value == pytest.approx(0.5, abs=1e-3)
+    final = json.loads((out / "summary.json").read_text())["final"]
+    assert final["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    per_layer = final["sparsity_per_layer"]
+    assert per_layer["overall"] == pytest.approx(0.5, abs=1e-3)
+    layers = {k: v for k, v in per_layer.items() if k != "overall"}
+    # Only attention kernels are reported, each at the target.
+    assert layers and all("mhsa" in k for k in layers), sorted(layers)
+    for key, value in layers.items():
+        assert value == pytest.approx(0.5, abs=1e-3), key
+
+
 def test_federated_run_prints_wer_cer_and_writes_results(tiny_corpus_dir, tmp_path):
     # A corpus with one corrupt file (skipped, with an absl warning) while
     # stderr is not a terminal: the warning must not hit a closed stream.
@@ -40,10 +76,8 @@ def test_federated_run_prints_wer_cer_and_writes_results(tiny_corpus_dir, tmp_pa
     flac = sorted(corpus.rglob("*.flac"))[0]
     flac.write_bytes(flac.read_bytes()[:200])
     args = [f"--corpus_dir={corpus}", f"--test_corpus_dir={tiny_corpus_dir}/test",
-            "--model_size=tiny", "--pruning=structured",
-            "--total_rounds=2", "--clients_per_round=2", "--client_epochs=1",
-            "--prune_begin_round=1", "--prune_end_round=2", "--refine_rounds=0",
-            "--prune_every_rounds=1", "--eval_every_rounds=1",
+            *_HEAD_PRUNING, "--total_rounds=2", "--clients_per_round=2",
+            "--client_epochs=1", "--eval_every_rounds=1",
             f"--root_output_dir={tmp_path}", "--experiment_name=smoke"]
     # A failed start (cohort too large) records nothing, so the corrected
     # command below is not refused as "exists with different settings".
@@ -56,11 +90,21 @@ def test_federated_run_prints_wer_cer_and_writes_results(tiny_corpus_dir, tmp_pa
     out = tmp_path / "smoke"
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["final"]["cer"] and summary["final"]["wer"] >= 0.0
-    assert summary["final"]["sparsity_per_layer"]["overall"] > 0.3
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("round,") and len(rows) == 3
     assert (out / "final_model" / "weights.index").exists()
     assert (out / "logs" / "tff_worker.log").exists()
+    _assert_head_sparsity_everywhere(out)
+
+
+def test_centralized_run_reports_the_same_sparsity_figure(tiny_corpus_dir, tmp_path):
+    result = _run([f"--corpus_dir={tiny_corpus_dir}/train",
+                   f"--test_corpus_dir={tiny_corpus_dir}/test", *_HEAD_PRUNING,
+                   "--mode=centralized", "--total_rounds=2", "--centralized_epochs=2",
+                   "--eval_every_epochs=1", "--progress=off", "--export_dir=none",
+                   f"--root_output_dir={tmp_path}", "--experiment_name=central"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_head_sparsity_everywhere(tmp_path / "central")
 
 
 def test_overwrite_with_a_bad_corpus_deletes_nothing(tmp_path):

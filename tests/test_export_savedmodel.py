@@ -227,6 +227,21 @@ def test_waveform_to_transcript_equals_in_process_decoding(exported, utterances,
         np.testing.assert_allclose(out["logits"].numpy()[i, :n], logits_ref, atol=1e-4)
 
 
+def test_compacted_tflite_logits_equal_the_masked_keras_model(exported, utterances):
+    # Version 1 is the compacted export: its TFLite file must compute what the
+    # masked (uncompacted) Keras model computes, frame by frame.
+    from tff_prune.export import tflite
+    with open(os.path.join(exported["v1"], pipeline.TFLITE_FILE), "rb") as f:
+        recognizer = tflite.TfliteRecognizer(f.read())
+    _, client_audio, _ = utterances
+    for audio in client_audio[:2]:
+        text_ref, logits_ref = _reference(exported["masked"], audio)
+        logits, n = recognizer.logits(audio)
+        assert n == logits_ref.shape[0]
+        np.testing.assert_allclose(logits[:n], logits_ref, atol=1e-4)
+        assert recognizer.transcribe(audio) == text_ref
+
+
 def test_features_signature_matches(exported, utterances):
     _, client_audio, _ = utterances
     serve = tf.saved_model.load(exported["v1"]).signatures["features"]

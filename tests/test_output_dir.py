@@ -120,6 +120,8 @@ def _config_from(*args):
     (["--exclude_layers=["], "--exclude_layers"),
     (["--mode=centralized", "--centralized_epochs=0"], "--centralized_epochs"),
     (["--mode=centralized", "--eval_every_epochs=0"], "--eval_every_epochs"),
+    # Rounds start at 1: a fixed mask decided "after round 0" was never decided.
+    (["--mask_policy=fixed", "--prune_begin_round=0"], "--prune_begin_round"),
 ])
 def test_bad_values_are_one_line_config_errors(args, needle):
     with pytest.raises(config_lib.ConfigError) as raised:

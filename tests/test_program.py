@@ -1,4 +1,5 @@
-"""The experiment program survives interruption: resume equals an uninterrupted run."""
+"""The experiment program survives interruption (a dead TFF worker, a killed
+run): resume equals an uninterrupted run."""
 
 import csv
 import os
@@ -8,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 import tensorflow as tf
 
@@ -40,31 +42,63 @@ def _weights(run_dir):
             if "OPTIMIZER" not in k}
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_corpus_dir, tmp_path):
+def _wait_for(path, proc, timeout_s=600):
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert path.exists(), f"{path.name} never appeared"
+
+
+def _worker_pid(proc):
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        if any("worker_binary" in part for part in child.cmdline()):
+            return child.pid
+    raise AssertionError("the run has no TFF worker")
+
+
+def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir, tmp_path):
     ref = subprocess.run(_args(tiny_corpus_dir, tmp_path, "reference"),
                          capture_output=True, text=True, timeout=900, cwd=REPO)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
+    # 1. The TFF worker dies after round 1's checkpoint: the run ends at once
+    # with one line naming it (exit 3), no hang, the checkpoint intact.
     root = tmp_path / "interrupted"
-    proc = subprocess.Popen(_args(tiny_corpus_dir, root), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=REPO)
-    checkpoint = root / "run" / "checkpoints" / "round_2"
-    deadline = time.monotonic() + 600
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert checkpoint.exists(), "round 2's checkpoint never appeared"
-    proc.send_signal(signal.SIGKILL)  # no cleanup, mid-round 3 at the earliest
+    run_dir = root / "run"
+    proc = subprocess.Popen(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    _wait_for(run_dir / "checkpoints" / "round_1", proc)
+    os.kill(_worker_pid(proc), signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the run hung after its TFF worker died")
+    assert proc.returncode == 3, err[-3000:]
+    lines = [l for l in err.splitlines() if l.startswith("run_experiment.py:")]
+    assert len(lines) == 1 and "TFF worker pid" in lines[0] and "SIGKILL" in lines[0], err[-3000:]
+    assert "Traceback" not in err
+    assert (run_dir / "checkpoints" / "round_1").exists()
+    assert not (run_dir / "summary.json").exists()
+
+    # 2. Resumed, then the run itself is SIGKILLed (no cleanup at all) after
+    # round 3's checkpoint, leaving a half-written checkpoint behind.
+    proc = subprocess.Popen(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    _wait_for(run_dir / "checkpoints" / "round_3", proc)
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (root / "run" / "summary.json").exists()
-    # A half-written checkpoint (as a crash during a save leaves) is ignored.
-    partial = root / "run" / "checkpoints" / "round_3_temp1234"
+    assert not (run_dir / "summary.json").exists()
+    partial = run_dir / "checkpoints" / "round_4_temp1234"
     partial.mkdir(exist_ok=True)
     (partial / "saved_model.pb").write_bytes(b"truncated")
 
-    resumed = subprocess.run(_args(tiny_corpus_dir, root), capture_output=True, text=True,
-                             timeout=900, cwd=REPO)
+    # 3. Resumed to the end: the same rows and weights as the uninterrupted run.
+    resumed = subprocess.run(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1),
+                             capture_output=True, text=True, timeout=900, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    ref_dir, run_dir = tmp_path / "reference", root / "run"
+    ref_dir = tmp_path / "reference"
     for name in ("metrics.csv", "eval.csv"):
         expected, got = _csv(ref_dir / name), _csv(run_dir / name)
         assert [r["round"] for r in got] == [r["round"] for r in expected]

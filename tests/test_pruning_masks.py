@@ -301,6 +301,27 @@ def test_m_by_n_inside_tf_function():
     assert (fn(tf.constant(np.abs(w))).numpy() == eager).all()
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.125, 0.25, 0.5])
+def test_m_by_n_follows_the_schedules_sparsity(sparsity):
+    # A schedule ramps 2:4 up by pruning more groups: at s only the fraction
+    # 2s of groups, the cheapest ones, are 2:4; the rest stay dense.
+    w = np.random.default_rng(4).standard_normal((32, 8)).astype(np.float32)
+    score = np.abs(w)
+    full = masks.compute_m_by_n_masks({"k": score}, ["k"])["k"].numpy()
+    fn = tf.function(lambda s, x: masks.compute_m_by_n_masks({"k": x}, ["k"], sparsity=s)["k"])
+    mask = fn(tf.constant(sparsity), tf.constant(score)).numpy()
+    assert mask.mean() == pytest.approx(1.0 - sparsity)
+    groups = mask.T.reshape(8, 8, 4).sum(axis=-1)           # [out, group]
+    assert set(np.unique(groups)) <= {2, 4}                   # each group 2:4 or dense
+    pruned = groups == 2
+    np.testing.assert_array_equal(mask.T.reshape(8, 8, 4)[pruned],
+                                  full.T.reshape(8, 8, 4)[pruned])
+    # The pruned groups are those that lose the least score.
+    cost = (score * (1 - full)).T.reshape(8, 8, 4).sum(axis=-1)
+    if 0 < pruned.sum() < pruned.size:
+        assert cost[pruned].max() <= cost[~pruned].min()
+
+
 # ----------------------------------------------------------------------------- blocks vs tfmot
 
 

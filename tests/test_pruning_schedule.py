@@ -21,6 +21,8 @@ def make(**overrides):
     (dict(target_sparsity=-0.1), "target_sparsity"),
     (dict(initial_sparsity=1.5), "initial_sparsity"),
     (dict(begin_round=-1), "begin_round"),
+    # Rounds start at 1: a schedule beginning at round 0 would never prune.
+    (dict(begin_round=0, end_round=0, every_rounds=1), "begin_round must be >= 1"),
     (dict(end_round=2), "end_round"),
     (dict(every_rounds=0), "every_rounds"),
     (dict(refine_rounds=-2), "refine_rounds"),

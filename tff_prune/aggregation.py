@@ -4,8 +4,10 @@
 actually had it unmasked: sum_i w_i m_i v_i / sum_i w_i m_i. A plain FedAvg
 mean would dilute coordinates pruned on some clients with their zeros. Like
 `tff.aggregators.MeanFactory`, it sums the weighted values through an inner
-unweighted factory, so TFF's clipping, compression or DP sum factories stack
-under it (`value_sum_factory=tff.aggregators.clipping_factory(...)`).
+unweighted factory, so TFF's compression or DP sum factories stack under it.
+Norm clipping of each client's own delta is `clip_norm`: it applies before the
+weighting, as `tff.aggregators.clipping_factory(C, MeanFactory())` does (a
+clipping sum factory under the mean would see w_i*m_i*v_i and clip at C/w_i).
 
 `PruningUpdateAggregatorFactory` aggregates the whole client update of our
 client work: the delta by masked mean, the Taylor importance and the mask
@@ -19,6 +21,8 @@ from typing import Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
+
+from tff_prune.pruning import masks as masks_lib
 
 
 def _as_nest(value):
@@ -38,24 +42,35 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
     Value type: a struct `(values=<T>, masks=<M>)` where `M` has `T`'s nesting
     and each mask is either `T`'s shape or a scalar (1.0: never masked).
     Result: `T`; a coordinate masked on every client averages to 0.
+    `clip_norm > 0` scales each client's masked values m_i*v_i to global L2
+    norm <= clip_norm before they are weighted; masks are never clipped.
     """
 
     def __init__(self, value_sum_factory: Optional[
-            tff.aggregators.UnweightedAggregationFactory] = None):
+            tff.aggregators.UnweightedAggregationFactory] = None,
+                 clip_norm: float = 0.0):
+        if clip_norm < 0:
+            raise ValueError(f"clip_norm must be >= 0, got {clip_norm}")
         self._value_sum_factory = value_sum_factory or tff.aggregators.SumFactory()
+        self._clip_norm = float(clip_norm)
 
     def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
         values_type = _struct_field(value_type, "values")
         masks_type = _struct_field(value_type, "masks")
         value_sum = self._value_sum_factory.create(values_type)
+        clip_norm = self._clip_norm
 
         @tff.tensorflow.computation(values_type, masks_type, weight_type)
         def weigh(values, masks, weight):
             values, masks = _as_nest(values), _as_nest(masks)
             weight = tf.cast(weight, tf.float32)
+            kept = tf.nest.map_structure(masks_lib.mask_weight, values, masks)
+            if clip_norm > 0:
+                # The client's own delta, before weighting: clip at C, not C/w_i.
+                flat, _ = tf.clip_by_global_norm(tf.nest.flatten(kept), clip_norm)
+                kept = tf.nest.pack_sequence_as(kept, flat)
             numerators = tf.nest.map_structure(
-                lambda v, m: v * tf.cast(m, v.dtype) * tf.cast(weight, v.dtype),
-                values, masks)
+                lambda v: v * tf.cast(weight, v.dtype), kept)
             denominators = tf.nest.map_structure(
                 lambda m: tf.cast(m, tf.float32) * weight, masks)
             return numerators, denominators

@@ -20,6 +20,16 @@ from tff_prune import client_work
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
+from tff_prune.pruning import importance as importance_lib
+from tff_prune.pruning import stats
+
+
+def _assign_masked(variables: Sequence[tf.Variable], values: Sequence[tf.Tensor],
+                   masks: Sequence[Optional[tf.Tensor]]) -> None:
+    """Assigns `values` to the `variables` that have a mask (the rest never change)."""
+    for variable, value, mask in zip(variables, values, masks):
+        if mask is not None:
+            variable.assign(value)
 
 
 class CentralizedPruner:
@@ -41,8 +51,12 @@ class CentralizedPruner:
         self._trainable = trainable
         # Dense copies of every weight a mask can zero (kernels, coupled biases).
         self._shadow = [tf.Variable(v, trainable=False) for v in trainable]
+        # Taylor sums of the current round and the dense kernels it started
+        # with (the `w` of |w * dL/dw|, as a federated client's broadcast).
         self.importance = [tf.Variable(tf.zeros_like(trainable[i]), trainable=False)
                            for i in self.index.kernel_index]
+        self._taylor_weights = [tf.Variable(trainable[i], trainable=False)
+                                for i in self.index.kernel_index]
         for pos in self.index.step_index:  # tfmot refuses to train without it
             self._non_trainable[pos].assign(1)
 
@@ -55,21 +69,38 @@ class CentralizedPruner:
     def masked_gradients(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Gradients with pruned coordinates zeroed (Taylor scores accumulated first)."""
         if self.pruning.importance == "taylor":
-            for acc, i in zip(self.importance, self.index.kernel_index):
-                acc.assign_add(tf.abs(self._shadow[i] * grads[i]))
-        return [g if m is None else g * m for g, m in zip(grads, self.masks())]
+            step = importance_lib.taylor_step(
+                [w.read_value() for w in self._taylor_weights],
+                [grads[i] for i in self.index.kernel_index])
+            for acc, score in zip(self.importance, step):
+                acc.assign_add(score)
+        return wrappers.apply_weight_masks(grads, self.masks())
 
     def apply_masks(self) -> None:
         """Zeroes pruned weights (after each optimizer step) and refreshes the
         dense copies of the kept ones."""
-        for v, shadow, m in zip(self._trainable, self._shadow, self.masks()):
-            if m is not None:
-                shadow.assign(tf.where(m > 0, v, shadow))
-                v.assign(v * m)
+        masks = self.masks()
+        _assign_masked(self._shadow, wrappers.where_kept(self._trainable, self._shadow, masks),
+                       masks)
+        _assign_masked(self._trainable, wrappers.apply_weight_masks(self._trainable, masks),
+                       masks)
 
     def end_of_round(self, round_num: int) -> Optional[float]:
         """Updates the masks if the schedule prunes after `round_num`; returns
-        the new sparsity of the covered kernels, or None when nothing changed."""
+        the new sparsity of the covered kernels, or None when nothing changed.
+        Either way the next round's Taylor scores start afresh."""
+        sparsity = self._update_masks(round_num)
+        self._start_taylor_round()
+        return sparsity
+
+    def _start_taylor_round(self) -> None:
+        """Zero Taylor sums; `w` = the dense kernels the next round starts from."""
+        for acc in self.importance:
+            acc.assign(tf.zeros_like(acc))
+        for w, i in zip(self._taylor_weights, self.index.kernel_index):
+            w.assign(self._shadow[i])
+
+    def _update_masks(self, round_num: int) -> Optional[float]:
         schedule = self.pruning.schedule
         if self.pruning.policy == "fixed":
             if round_num != schedule.begin_round:
@@ -82,7 +113,9 @@ class CentralizedPruner:
         self.apply_masks()
         kernels = [self._shadow[i] for i in self.index.kernel_index]
         if self.pruning.importance == "taylor":
-            scores = [v.read_value() for v in self.importance]
+            # A round is exactly `steps_per_round` steps: the mean per step.
+            scores = importance_lib.finalize_taylor(
+                [v.read_value() for v in self.importance], self.steps_per_round)
             coupled = None
         else:
             scores = [tf.abs(k) for k in kernels]
@@ -93,14 +126,7 @@ class CentralizedPruner:
         for pos, mask in zip(self.index.mask_index, new_masks):
             self._non_trainable[pos].assign(mask)
         # Revived weights come back with their stored dense values.
-        for v, shadow, m in zip(self._trainable, self._shadow, self.masks()):
-            if m is not None:
-                v.assign(shadow * m)
-        for acc in self.importance:
-            acc.assign(tf.zeros_like(acc))
-        covered = set(self.decider.covered_keys)
-        zeros = sum(float(tf.reduce_sum(1.0 - m)) for k, m in zip(self.index.keys, new_masks)
-                    if k in covered)
-        total = sum(int(m.shape.num_elements()) for k, m in zip(self.index.keys, new_masks)
-                    if k in covered)
-        return zeros / max(total, 1)
+        masks = self.masks()
+        _assign_masked(self._trainable, wrappers.apply_weight_masks(self._shadow, masks), masks)
+        return float(stats.mask_sparsity(dict(zip(self.index.keys, new_masks)),
+                                         self.decider.covered_keys)["overall"])

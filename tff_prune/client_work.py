@@ -13,9 +13,9 @@ With pruning on, each client:
   masks every gradient, so pruned weights stay exactly zero throughout and the
   optimizer state never accumulates on them;
 * returns its masked delta, its participation mask (for the masked mean), and
-  - when the method asks for them - Taylor importance |w * dL/dw| summed over
-  its steps (w is the broadcast dense value, so pruned weights are scored as
-  if they came back) and its own mask proposal for `client_vote`.
+  - when the method asks for them - Taylor importance (the one definition in
+  `tff_prune.pruning.importance`: mean over its steps of |w * dL/dw|, w the
+  broadcast dense value) and its own mask proposal for `client_vote`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,7 @@ import tensorflow_federated as tff
 from tasks import base
 from tff_prune import config as config_lib
 from tff_prune import wrappers
-
-
-def _masked(values, masks):
-    return [v if m is None else v * m for v, m in zip(values, masks)]
+from tff_prune.pruning import importance as importance_lib
 
 
 def weight_masks(non_trainable: list[tf.Tensor], index: wrappers.PrunableWeightIndex,
@@ -63,6 +60,7 @@ def build_pruning_client_work(
     client_optimizer: tff.learning.optimizers.Optimizer,
     propose_masks_fn: Optional[Callable[..., list]] = None,
     sparsity_for_round_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
+    weights_type: Optional[tff.types.Type] = None,
 ) -> tff.learning.templates.ClientWorkProcess:
     """A `ClientWorkProcess` training the wrapped model under the server's masks.
 
@@ -77,15 +75,16 @@ def build_pruning_client_work(
       sparsity_for_round_fn: for `client_vote`: sparsity the next mask update
         will target, given the round being trained (a tf int64 scalar), or
         a negative value when the next round does not update masks.
+      weights_type: the TFF type of `model_fn()`'s ModelWeights, when the
+        caller knows it (saves building a model just to read it).
     """
     want_taylor = pruning.enabled and pruning.importance == "taylor"
     want_vote = pruning.enabled and pruning.policy == "client_vote"
     mask_biases = pruning.masks_biases
 
-    model = model_fn()
-    weights_type = wrappers.model_weights_type(model)
+    if weights_type is None:
+        weights_type = wrappers.model_weights_type(model_fn())
     data_type = tff.SequenceType(wrappers.tff_type(task.batch_spec))
-    del model
 
     @tf.function
     def client_update(model, optimizer_hparams, initial_weights, dataset):
@@ -97,15 +96,15 @@ def build_pruning_client_work(
                              len(trainable), mask_biases)
         dense_kernels = [initial_weights.trainable[i] for i in index.kernel_index]
         # Clients see only the masked model.
-        for v, m in zip(trainable, masks):
-            if m is not None:
-                v.assign(v * m)
+        for v, masked in zip(trainable, wrappers.apply_weight_masks(trainable, masks)):
+            v.assign(masked)
         masked_initial = [tf.identity(v) for v in trainable]
 
         specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
         opt_state = client_optimizer.initialize(specs)
         opt_state = client_optimizer.set_hparams(opt_state, optimizer_hparams)
-        importance = tuple(tf.zeros_like(k) for k in dense_kernels)
+        importance = importance_lib.init_taylor_accumulator(dense_kernels)
+        num_steps = tf.constant(0, tf.int64)
         num_examples = tf.constant(0, tf.int64)
         loss_sum = tf.constant(0.0, tf.float32)
 
@@ -115,15 +114,15 @@ def build_pruning_client_work(
             grads = tape.gradient(loss, trainable)
             if want_taylor:
                 # Score every kernel weight (pruned ones at their dense value).
-                importance = tuple(
-                    acc + tf.abs(w * grads[i])
-                    for acc, w, i in zip(importance, dense_kernels, index.kernel_index))
-            grads = _masked(grads, masks)
+                importance = importance_lib.accumulate_taylor(
+                    importance, dense_kernels, [grads[i] for i in index.kernel_index])
+            grads = wrappers.apply_weight_masks(grads, masks)
             opt_state, updated = client_optimizer.next(
                 opt_state, tuple(trainable), tuple(grads))
-            for v, u, m in zip(trainable, updated, masks):
-                v.assign(u if m is None else u * m)
+            for v, u in zip(trainable, wrappers.apply_weight_masks(updated, masks)):
+                v.assign(u)
             num_examples += tf.cast(n, tf.int64)
+            num_steps += 1
             loss_sum += loss * tf.cast(n, tf.float32)
 
         delta = [a - b for a, b in zip(masked_initial, trainable)]
@@ -131,6 +130,7 @@ def build_pruning_client_work(
         delta = [tf.where(finite, d, tf.zeros_like(d)) for d in delta]
         weight = tf.where(finite, tf.cast(num_examples, tf.float32), 0.0)
 
+        importance = tuple(importance_lib.finalize_taylor(importance, num_steps))
         update = collections.OrderedDict(
             delta=tuple(delta), mask=participation_masks(masks))
         if want_taylor:
@@ -140,8 +140,9 @@ def build_pruning_client_work(
                 tf.cast(initial_weights.non_trainable[index.step_index[0]], tf.int64))
             # Local view: trained values where kept, dense broadcast values
             # where pruned, so a client can vote a pruned weight back.
-            local = [tf.where(tf.cast(masks[i], tf.bool), trainable[i], dense)
-                     for i, dense in zip(index.kernel_index, dense_kernels)]
+            local = wrappers.where_kept([trainable[i] for i in index.kernel_index],
+                                        dense_kernels,
+                                        [masks[i] for i in index.kernel_index])
             scores = list(importance) if want_taylor else [tf.abs(w) for w in local]
             bias_scores = {} if want_taylor else {
                 index.trainable_keys[i]: tf.abs(trainable[i])

@@ -161,23 +161,20 @@ def _scalar(x) -> Any:
 
 
 def kernel_sparsity(weights: tff.learning.models.ModelWeights,
-                    index: wrappers.PrunableWeightIndex) -> dict[str, float]:
-    """Fraction of exact zeros per prunable kernel and overall."""
-    kernels = {k: np.asarray(weights.trainable[i])
-               for k, i in zip(index.keys, index.kernel_index)}
-    per_layer = {k: float(np.mean(v == 0)) for k, v in kernels.items()}
-    total = sum(v.size for v in kernels.values())
-    overall = (sum(float(np.sum(v == 0)) for v in kernels.values()) / total
-               if total else 0.0)
-    return {"overall": overall, **per_layer}
+                    index: wrappers.PrunableWeightIndex,
+                    covered_keys: tuple[str, ...]) -> dict[str, float]:
+    """The method's sparsity (`stats.mask_sparsity` of the masks of the
+    kernels it covers), per kernel and "overall"."""
+    masks = {k: np.asarray(weights.non_trainable[i])
+             for k, i in zip(index.keys, index.mask_index)}
+    return {k: float(v) for k, v in stats.mask_sparsity(masks, covered_keys).items()}
 
 
 def mask_sparsity(weights: tff.learning.models.ModelWeights,
                   index: wrappers.PrunableWeightIndex) -> float:
-    """Fraction of pruned entries in the wrappers' masks (all prunable kernels)."""
-    masks = [np.asarray(weights.non_trainable[i]) for i in index.mask_index]
-    total = sum(m.size for m in masks)
-    return float(sum(np.sum(m == 0) for m in masks)) / total if total else 0.0
+    """Pruned fraction of ALL prunable kernels' masks: what the sparse
+    encoding of `round_bytes` saves (not the method's reported sparsity)."""
+    return kernel_sparsity(weights, index, index.keys)["overall"]
 
 
 def model_sizes(weights: tff.learning.models.ModelWeights) -> dict[str, int]:
@@ -341,9 +338,8 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
     out = config.output_dir
     delta_factory = None
     if fed.clip_norm > 0:
-        delta_factory = aggregation.MaskedWeightedMeanFactory(
-            value_sum_factory=tff.aggregators.clipping_factory(
-                fed.clip_norm, tff.aggregators.SumFactory()))
+        # Clips each client's own delta before weighting (see aggregation.py).
+        delta_factory = aggregation.MaskedWeightedMeanFactory(clip_norm=fed.clip_norm)
     built = process_lib.build_federated_pruning_process(
         task, config.pruning,
         client_optimizer=build_optimizer(fed.client_optimizer, fed.client_learning_rate),
@@ -397,8 +393,9 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
                 "masks_updated": int(_scalar(fin["masks_updated"])) if "masks_updated" in fin else 0,
                 "mask_change_fraction": (_scalar(fin["mask_change_fraction"])
                                          if "mask_change_fraction" in fin else 0.0),
+                # NaN (not a real agreement) on rounds without a vote-driven mask update.
                 "vote_agreement": (_scalar(fin["vote_agreement"])
-                                   if "vote_agreement" in fin else -1.0),
+                                   if "vote_agreement" in fin else float("nan")),
                 "bytes_broadcast": broadcast,
                 "bytes_uploaded": uploaded,
                 "round_seconds": time.monotonic() - round_start,
@@ -413,7 +410,7 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
             if last or round_num % fed.eval_every_rounds == 0:
                 weights = built.process.get_model_weights(state)
                 metrics = federated_eval.finalize_eval_sums(evaluate(weights, test_data))
-                per_layer = kernel_sparsity(weights, built.index)
+                per_layer = kernel_sparsity(weights, built.index, built.decider.covered_keys)
                 metrics["sparsity"] = per_layer.pop("overall")
                 release = collections.OrderedDict((k, metrics[k]) for k in EVAL_COLUMNS[1:])
                 _sync(eval_release.release(release, key=round_num))
@@ -431,9 +428,10 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
         weights = built.process.get_model_weights(state)
         if not final_eval:  # resumed after the last round: evaluate once more
             final_eval = federated_eval.finalize_eval_sums(evaluate(weights, test_data))
-            final_eval["sparsity"] = kernel_sparsity(weights, built.index)["overall"]
+            final_eval["sparsity"] = kernel_sparsity(
+                weights, built.index, built.decider.covered_keys)["overall"]
     model_dir = _save_model(built.model_fn(), weights, out, config)
-    sparsity = kernel_sparsity(weights, built.index)
+    sparsity = kernel_sparsity(weights, built.index, built.decider.covered_keys)
     return {
         "final": {**final_eval, "sparsity_per_layer": sparsity},
         "model": {**model_sizes(weights), "prunable_layers": built.prunable_layers},
@@ -499,7 +497,8 @@ def _run_centralized(config: ExperimentConfig, task: task_lib.AsrTask,
              if k.startswith("test_") and k != "test_examples"}
     weights = tff.learning.models.ModelWeights.from_model(model)
     final["sparsity_per_layer"] = (
-        kernel_sparsity(weights, wrappers.index_prunable_weights(model))
+        kernel_sparsity(weights, wrappers.index_prunable_weights(model),
+                        process_lib.covered_keys(model, config.pruning, task))
         if config.pruning.enabled else {"overall": 0.0})
     final["sparsity"] = final["sparsity_per_layer"]["overall"]
     path = _save_model(model, weights, out, config)

@@ -39,9 +39,9 @@ def build_federated_evaluation(
         tf.nest.map_structure(lambda v, t: v.assign(t), model_weights, weights)
         masks = client_work.weight_masks(list(weights.non_trainable), index,
                                          len(model_weights.trainable), mask_biases)
-        for v, m in zip(model_weights.trainable, masks):
-            if m is not None:
-                v.assign(v * m)
+        for v, masked in zip(model_weights.trainable,
+                             wrappers.apply_weight_masks(model_weights.trainable, masks)):
+            v.assign(masked)
         zero = tf.constant(0.0, tf.float64)
         totals = collections.OrderedDict(
             loss_sum=zero, num_examples=zero, word_errors=zero, words=zero,

@@ -24,6 +24,7 @@ from tff_prune import client_work
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
+from tff_prune.pruning import stats
 
 
 def build_pruning_finalizer(
@@ -60,8 +61,7 @@ def build_pruning_finalizer(
         opt_state, stepped = server_optimizer.next(
             state["optimizer"], tuple(trainable), tuple(update["delta"]))
         # Pruned coordinates keep their dense value (momentum must not move them).
-        new_trainable = [s if m is None else tf.where(m > 0, s, t)
-                         for s, t, m in zip(stepped, trainable, masks)]
+        new_trainable = wrappers.where_kept(stepped, trainable, masks)
         round_num = state["round_num"] + 1
         old_masks = [non_trainable[i] for i in index.mask_index]
         measurements = collections.OrderedDict()
@@ -77,8 +77,10 @@ def build_pruning_finalizer(
                 proposed = decider.from_votes(
                     list(update["vote"]), kernels, sparsity,
                     decider.coupled_magnitudes(new_trainable, index))
-                measurements["vote_agreement"] = decider.agreement(
-                    list(update["vote"]), proposed)
+                # Only an update round has votes that decided anything: NaN otherwise.
+                measurements["vote_agreement"] = tf.where(
+                    do_update, decider.agreement(list(update["vote"]), proposed),
+                    tf.constant(float("nan"), tf.float32))
             else:
                 scores = (list(update["importance"]) if pruning.importance == "taylor"
                           else [tf.abs(k) for k in kernels])
@@ -94,9 +96,8 @@ def build_pruning_finalizer(
             total = float(sum(int(m.shape.num_elements()) for m in new_masks))
             measurements["masks_updated"] = do_update
             measurements["mask_change_fraction"] = changed / total
-            # Counted as zeros (not 1 - kept) so a dense model reads exactly 0.
-            measurements["sparsity"] = tf.add_n(
-                [tf.reduce_sum(1.0 - m) for m in new_masks]) / total
+            measurements["sparsity"] = stats.mask_sparsity(
+                dict(zip(index.keys, new_masks)), decider.covered_keys)["overall"]
         for pos in index.step_index:
             non_trainable[pos] = tf.cast(round_num + 1, non_trainable[pos].dtype)
         new_weights = tff.learning.models.ModelWeights(

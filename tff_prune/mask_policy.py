@@ -69,7 +69,8 @@ class MaskDecider:
         """
         by_key = dict(zip(self.keys, scores))
         if self.pruning.scheme == "m_by_n":
-            masks = masks_lib.compute_m_by_n_masks(by_key, self.keys)
+            # The schedule's sparsity, reached by pruning more 2:4 groups.
+            masks = masks_lib.compute_m_by_n_masks(by_key, self.keys, sparsity=sparsity)
         else:
             masks = masks_lib.compute_masks(
                 self._with_coupled(by_key, coupled_scores), self.structure,

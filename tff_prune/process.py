@@ -39,6 +39,8 @@ class FederatedPruningProcess:
     index: wrappers.PrunableWeightIndex
     decider: mask_policy.MaskDecider
     prunable_layers: list[str]
+    # The process's own client work (what each client runs), for inspection.
+    client_work: Optional[tff.learning.templates.ClientWorkProcess] = None
 
 
 def masked_model_weights(weights: tff.learning.models.ModelWeights,
@@ -49,17 +51,31 @@ def masked_model_weights(weights: tff.learning.models.ModelWeights,
     masks = client_work_lib.weight_masks(list(weights.non_trainable), index,
                                          len(trainable), mask_biases)
     return tff.learning.models.ModelWeights(
-        trainable=tuple(t if m is None else t * tf.cast(m, t.dtype)
-                        for t, m in zip(trainable, masks)),
+        trainable=tuple(wrappers.apply_weight_masks(trainable, masks)),
         non_trainable=tuple(weights.non_trainable))
 
 
-def initial_model_weights(model_fn: Callable[[], tf.keras.Model],
-                          index: wrappers.PrunableWeightIndex, seed: int
-                          ) -> tff.learning.models.ModelWeights:
-    """Seeded initial weights (numpy), masks all ones, pruning step 1."""
+def task_num_heads(task: base.FederatedTask) -> int:
+    """Attention heads of the task's model (1 when it has no model config)."""
+    return getattr(getattr(task, "model_config", None), "num_heads", 1)
+
+
+def covered_keys(wrapped: tf.keras.Model, pruning: config_lib.PruningConfig,
+                 task: base.FederatedTask) -> tuple[str, ...]:
+    """Kernels `pruning` decides in the wrapped model (where sparsity is measured)."""
+    index = wrappers.index_prunable_weights(wrapped)
+    return mask_policy.MaskDecider(pruning, index, task_num_heads(task)).covered_keys
+
+
+def seeded_model(model_fn: Callable[[], tf.keras.Model], seed: int) -> tf.keras.Model:
+    """The wrapped model with the initial weights of `seed`."""
     tf.keras.utils.set_random_seed(seed)
-    model = model_fn()
+    return model_fn()
+
+
+def initial_model_weights(model: tf.keras.Model, index: wrappers.PrunableWeightIndex
+                          ) -> tff.learning.models.ModelWeights:
+    """`model`'s weights (numpy), masks all ones, pruning step 1."""
     weights = tff.learning.models.ModelWeights.from_model(model)
     trainable = [np.asarray(v.numpy()) for v in weights.trainable]
     non_trainable = [np.asarray(v.numpy()) for v in weights.non_trainable]
@@ -107,11 +123,14 @@ def build_federated_pruning_process(
     def model_fn() -> tf.keras.Model:
         return wrappers.wrap_for_pruning(task.build_model(), prunable)
 
-    index = wrappers.index_prunable_weights(model_fn())
+    # One model for the index, the initial weights and the weights' type:
+    # building (and wrapping) a Keras model is a large part of tracing cost.
+    model = seeded_model(model_fn, seed)
+    index = wrappers.index_prunable_weights(model)
     if num_heads is None:
-        num_heads = getattr(getattr(task, "model_config", None), "num_heads", 1)
+        num_heads = task_num_heads(task)
     decider = mask_policy.MaskDecider(pruning, index, num_heads)
-    initial = initial_model_weights(model_fn, index, seed)
+    initial = initial_model_weights(model, index)
 
     @tff.tensorflow.computation
     def initial_weights_fn():
@@ -131,6 +150,7 @@ def build_federated_pruning_process(
 
     client_work = client_work_lib.build_pruning_client_work(
         task, model_fn, index, pruning, client_optimizer,
+        weights_type=wrappers.model_weights_type(model),
         propose_masks_fn=decider.from_scores, sparsity_for_round_fn=vote_sparsity)
     client_result_type = client_work.next.type_signature.result.result.member
     aggregator = aggregation.PruningUpdateAggregatorFactory(delta_aggregator).create(
@@ -154,4 +174,5 @@ def build_federated_pruning_process(
         composed.initialize, composed.next, get_masked_model_weights,
         composed.set_model_weights, get_hparams_fn=composed.get_hparams,
         set_hparams_fn=composed.set_hparams)
-    return FederatedPruningProcess(process, model_fn, index, decider, prunable)
+    return FederatedPruningProcess(process, model_fn, index, decider, prunable,
+                                   client_work=client_work)

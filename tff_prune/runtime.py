@@ -13,7 +13,19 @@ the whole life cycle instead:
     blocks and context managers run, and the workers are stopped by PID on
     normal exit, exception, SIGINT and SIGTERM;
 * TFF's own default context is replaced by one that refuses to run, so no
-    computation can silently start an unowned worker outside the runtime.
+    computation can silently start an unowned worker outside the runtime;
+* a worker that dies mid-run ends the computation in flight (or the next one)
+    with `WorkerLostError`, one line naming the worker and its log, instead of
+    TFF retrying UNAVAILABLE forever: every RPC goes through a stub that
+    checks the owned process before the call and after a failed one, so TFF's
+    retry loop (which only retries `RetryableError`) stops at once, and no
+    RPC is left retrying in TFF's event-loop thread after the runtime exits.
+    Ctrl-C keeps working during a computation: the main thread only waits on
+    a future, which SIGINT interrupts;
+* a worker is ready only when *its own* process listens on its port; one that
+    cannot bind (portpicker's port taken by someone else meanwhile) is
+    restarted on a fresh port a few times, then one clear `WorkerStartError`;
+    waiting for readiness is bounded.
 """
 
 from __future__ import annotations
@@ -31,11 +43,17 @@ from typing import Optional
 
 import grpc
 import portpicker
+import psutil
 import tensorflow_federated as tff
+from tensorflow_federated.proto.v0 import executor_pb2
 
 _PR_SET_PDEATHSIG = 1
 _READY_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 10.0
+# How long a failed RPC waits for the worker to be reaped: the socket closes a
+# moment before the kernel reports the exit.
+_DEATH_GRACE_S = 1.0
+_START_ATTEMPTS = 4
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
 _GRPC_OPTIONS = [
         ("grpc.max_message_length", _GRPC_MAX_MESSAGE_BYTES),
@@ -50,6 +68,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class RuntimeNotStartedError(RuntimeError):
     """A federated computation was invoked outside `local_runtime()`."""
+
+
+class WorkerLostError(RuntimeError):
+    """The owned TFF worker died while the runtime was in use."""
+
+
+class WorkerStartError(RuntimeError):
+    """The owned TFF worker never became ready."""
 
 
 class TerminatedBySignal(SystemExit):
@@ -86,6 +112,7 @@ class WorkerProcess:
     def __init__(self, log_path: str, max_concurrent_computation_calls: int = -1):
         self.log_path = log_path
         self.port = portpicker.pick_unused_port()
+        self.stopped = False
         binary = worker_binary_path()
         if not os.path.isfile(binary):
             raise RuntimeError(f"TFF worker binary not found at {binary}")
@@ -102,27 +129,61 @@ class WorkerProcess:
                 preexec_fn=_die_with_parent,
         )
         self.channel = grpc.insecure_channel(f"localhost:{self.port}", _GRPC_OPTIONS)
-        self.stub = tff.framework.RemoteExecutorGrpcStub(self.channel)
+        self.stub = _WatchedStub(self.channel, self)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    def describe(self, note: str = "") -> str:
+        """One line naming the worker: pid, port, how it ended, note, its log."""
+        rc = self.process.returncode
+        if rc is None:
+            how = "still running"
+        elif rc < 0:
+            how = f"killed by {signal.Signals(-rc).name}"
+        else:
+            how = f"exited with code {rc}"
+        return (f"TFF worker pid {self.pid} on port {self.port} {how}{note}; "
+                f"see {self.log_path}")
+
+    def lost_error(self) -> WorkerLostError:
+        why = " (stopped by the runtime)" if self.stopped else " mid-run"
+        return WorkerLostError(self.describe(why))
+
+    def check_alive(self, grace_s: float = 0.0) -> None:
+        """Raises `WorkerLostError` if the worker has exited (waits up to grace_s)."""
+        try:
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            return
+        raise self.lost_error()
+
+    def _listens_on_port(self) -> bool:
+        # READY alone is not proof: another program may hold the port we were
+        # given, and the channel would then be connected to it.
+        try:
+            conns = psutil.Process(self.pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+                   for c in conns)
+
     def wait_ready(self, timeout_s: float = _READY_TIMEOUT_S) -> None:
         """Blocks until the worker's gRPC service answers, or raises."""
         deadline = time.monotonic() + timeout_s
-        while not self.stub.is_ready:
+        while not (self.stub.is_ready and self._listens_on_port()):
             if self.process.poll() is not None:
-                raise RuntimeError(
-                        f"TFF worker exited with code {self.process.returncode} before it "
-                        f"was ready; see {self.log_path}")
+                raise WorkerStartError(self.describe(" before it was ready"))
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                        f"TFF worker not ready after {timeout_s:.0f}s; see {self.log_path}")
+                raise WorkerStartError(
+                        f"TFF worker pid {self.pid} on port {self.port} not ready after "
+                        f"{timeout_s:.0f}s; see {self.log_path}")
             time.sleep(0.05)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; always reaps the child."""
+        self.stopped = True
         with contextlib.suppress(Exception):
             self.channel.close()
         if self.process.poll() is None:
@@ -135,6 +196,93 @@ class WorkerProcess:
                     self.process.kill()
                 self.process.wait()
         self._log_file.close()
+
+
+class _WatchedStub(tff.framework.RemoteExecutorGrpcStub):
+    """TFF's gRPC stub that refuses to talk to a dead worker.
+
+    TFF retries a whole `invoke` for as long as RPCs fail with UNAVAILABLE, so
+    a dead worker means an endless silent retry loop. Every RPC here first
+    checks the owned process, and a failed RPC checks it again, raising
+    `WorkerLostError` (not retryable) instead of TFF's retryable error.
+    """
+
+    def __init__(self, channel: grpc.Channel, worker: "WorkerProcess"):
+        super().__init__(channel)
+        self._worker = worker
+
+    def _call(self, method, request):
+        self._worker.check_alive()
+        try:
+            return method(request)
+        except grpc.RpcError as e:
+            # UNAVAILABLE (TFF's retryable error) is what a dying worker looks
+            # like; give the kernel a moment to report its exit.
+            retryable = isinstance(e, tff.framework.RetryableError)
+            self._worker.check_alive(_DEATH_GRACE_S if retryable else 0.0)
+            raise e
+
+    def _dispose_call(self, method, request, empty):
+        # Nothing is left to free on a dead worker: disposal (also run from
+        # finalizers) must not raise.
+        try:
+            return self._call(method, request)
+        except WorkerLostError:
+            return empty
+
+    def get_executor(self, request):
+        return self._call(super().get_executor, request)
+
+    def create_value(self, request):
+        return self._call(super().create_value, request)
+
+    def create_struct(self, request):
+        return self._call(super().create_struct, request)
+
+    def create_call(self, request):
+        return self._call(super().create_call, request)
+
+    def create_selection(self, request):
+        return self._call(super().create_selection, request)
+
+    def compute(self, request):
+        return self._call(super().compute, request)
+
+    def dispose(self, request):
+        return self._dispose_call(super().dispose, request,
+                                  executor_pb2.DisposeResponse())
+
+    def dispose_executor(self, request):
+        return self._dispose_call(super().dispose_executor, request,
+                                  executor_pb2.DisposeExecutorResponse())
+
+
+def start_worker(log_path: str, max_concurrent_computation_calls: int = -1,
+                 attempts: int = _START_ATTEMPTS) -> WorkerProcess:
+    """Starts a worker and waits until it serves, on a fresh port per attempt.
+
+    A worker that exits before it is ready most likely lost its port to
+    another program between portpicker's choice and its own bind, so it is
+    retried on another port; after `attempts` tries, one `WorkerStartError`.
+    A worker that is still running but never ready is not retried.
+    """
+    for attempt in range(1, attempts + 1):
+        worker = WorkerProcess(log_path, max_concurrent_computation_calls)
+        try:
+            worker.wait_ready()
+            return worker
+        except WorkerStartError as e:
+            exited = worker.process.poll() is not None
+            worker.stop()
+            if not exited:
+                raise
+            if attempt == attempts:
+                raise WorkerStartError(
+                        f"gave up after {attempts} ports: {e}") from None
+        except BaseException:
+            worker.stop()
+            raise
+    raise AssertionError("unreachable")
 
 
 class LocalRuntime:
@@ -211,11 +359,9 @@ def local_runtime(
     workers: list[WorkerProcess] = []
     with _sigterm_raises():
         try:
-            workers.append(WorkerProcess(
+            workers.append(start_worker(
                     os.path.join(log_dir, "tff_worker.log"),
                     max_concurrent_computation_calls))
-            for worker in workers:
-                worker.wait_ready()
             runtime = LocalRuntime(workers, default_num_clients)
             with tff.framework.get_context_stack().install(runtime.context):
                 yield runtime

@@ -24,6 +24,8 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
+from tff_prune.pruning import masks as masks_lib
+
 # DepthwiseConv2D is in tfmot's registry, but tfmot 0.7.5's wrapper creates no
 # mask for its `depthwise_kernel`; it is tiny (k x C) and stays dense. Channel
 # pruning still removes whole channels through the pointwise kernels around it.
@@ -156,6 +158,22 @@ def bias_mask_from_kernel_mask(kernel_mask: tf.Tensor, depthwise: bool) -> tf.Te
     if depthwise:
         return tf.reduce_max(kernel_mask, axis=[0, 1, 3])
     return tf.reduce_max(kernel_mask, axis=list(range(rank - 1)))
+
+
+def apply_weight_masks(values: Sequence[tf.Tensor],
+                       masks: Sequence[Optional[tf.Tensor]]) -> list[tf.Tensor]:
+    """`values` with pruned coordinates set to exactly zero (mask None: as is).
+
+    The list form of `pruning.masks.mask_weight`, for ModelWeights positions.
+    """
+    return [v if m is None else masks_lib.mask_weight(v, m) for v, m in zip(values, masks)]
+
+
+def where_kept(kept: Sequence[tf.Tensor], pruned: Sequence[tf.Tensor],
+               masks: Sequence[Optional[tf.Tensor]]) -> list[tf.Tensor]:
+    """`kept` where the mask keeps a coordinate, `pruned` where it prunes it
+    (mask None: `kept`); how a dense copy keeps the values of pruned weights."""
+    return [k if m is None else tf.where(m > 0, k, p) for k, p, m in zip(kept, pruned, masks)]
 
 
 def model_weights_type(model: tf.keras.Model) -> tff.types.Type:

@@ -31,6 +31,24 @@ class CorpusConfig:
     utterances_per_speaker: int = 30
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # Each field is a flag of the same name; zero speakers or utterances
+        # would otherwise surface as an empty split deep inside training.
+        for flag in ("num_test_speakers", "num_train_speakers", "utterances_per_speaker"):
+            value = getattr(self, flag)
+            if value < 1:
+                raise CorpusError(f"--{flag} must be >= 1, got {value}")
+
+
+def _check_disjoint(train: SpeechCorpus, test: SpeechCorpus, config: CorpusConfig) -> None:
+    """Refuses a test corpus that shares speakers with the training corpus."""
+    shared = sorted(set(train.client_ids) & set(test.client_ids))
+    if shared:
+        first = ", ".join(shared[:5]) + (", ..." if len(shared) > 5 else "")
+        raise CorpusError(
+            f"--test_corpus_dir={config.test_corpus_dir} shares {len(shared)} speakers with"
+            f" --corpus_dir={config.corpus_dir}: {first}")
+
 
 def load_corpora(config: CorpusConfig) -> tuple[SpeechCorpus, SpeechCorpus]:
     """(train, test) corpora; the test speakers are never in train.
@@ -49,8 +67,9 @@ def load_corpora(config: CorpusConfig) -> tuple[SpeechCorpus, SpeechCorpus]:
                 librispeech.load_librispeech(os.path.join(root, "test"), strict=config.strict))
     corpus = librispeech.load_librispeech(config.corpus_dir, strict=config.strict)
     if config.test_corpus_dir is not None:
-        return corpus, librispeech.load_librispeech(config.test_corpus_dir,
-                                                    strict=config.strict)
+        test = librispeech.load_librispeech(config.test_corpus_dir, strict=config.strict)
+        _check_disjoint(corpus, test, config)
+        return corpus, test
     speakers = list(corpus.client_ids)
     if config.num_test_speakers >= len(speakers):
         raise CorpusError(

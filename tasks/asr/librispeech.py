@@ -31,6 +31,8 @@ WRONG_SAMPLE_RATE = "wrong sample rate"
 NOT_MONO = "not mono"
 NOT_16_BIT = "not 16-bit audio"
 TRANSCRIPT_NOT_UTF8 = "transcript not utf-8"
+UNREADABLE_TRANSCRIPT = "unreadable transcript"
+UNREADABLE_DIRECTORY = "unreadable directory"
 EMPTY_TRANSCRIPT = "empty transcript"
 MISSING_TRANSCRIPT = "missing transcript"
 MISSING_AUDIO = "missing audio"
@@ -100,7 +102,10 @@ def _index_chapter(
     chapter_dir: str, speaker: str, chapter: str
 ) -> tuple[list[_Candidate], list[_Problem]]:
     """Pair one chapter's audio files with its transcript lines."""
-    names = os.listdir(chapter_dir)
+    try:
+        names = os.listdir(chapter_dir)
+    except OSError as e:
+        return [], [_Problem(chapter_dir, UNREADABLE_DIRECTORY, e.strerror or str(e))]
     audio = {n[: -len(".flac")]: os.path.join(chapter_dir, n) for n in names if n.endswith(".flac")}
     trans_path = os.path.join(chapter_dir, f"{speaker}-{chapter}.trans.txt")
     if not audio and not os.path.exists(trans_path):
@@ -115,6 +120,11 @@ def _index_chapter(
             detail = f"invalid byte at offset {e.start}"
             count = max(1, len(audio))
             return [], [_Problem(trans_path, TRANSCRIPT_NOT_UTF8, detail, count=count)]
+        except OSError as e:
+            # E.g. no read permission, or a directory where the file belongs.
+            count = max(1, len(audio))
+            detail = e.strerror or str(e)
+            return [], [_Problem(trans_path, UNREADABLE_TRANSCRIPT, detail, count=count)]
     candidates = []
     for utterance_id in sorted(audio.keys() | transcripts.keys()):
         if utterance_id not in audio:
@@ -143,7 +153,13 @@ def _index(root: str) -> tuple[list[_Candidate], list[_Problem]]:
     candidates: list[_Candidate] = []
     problems: list[_Problem] = []
     for speaker in _subdirs(root):
-        for chapter in _subdirs(os.path.join(root, speaker)):
+        try:
+            chapters = _subdirs(os.path.join(root, speaker))
+        except OSError as e:
+            problems.append(_Problem(os.path.join(root, speaker), UNREADABLE_DIRECTORY,
+                                     e.strerror or str(e)))
+            continue
+        for chapter in chapters:
             found, bad = _index_chapter(os.path.join(root, speaker, chapter), speaker, chapter)
             candidates.extend(found)
             problems.extend(bad)

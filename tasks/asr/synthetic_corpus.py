@@ -305,8 +305,13 @@ def ensure_synthetic_corpus(
 
     if os.path.exists(final_dir):
         return check(_read_manifest(final_dir))
-    os.makedirs(cache_dir, exist_ok=True)
-    temp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=cache_dir)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        temp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=cache_dir)
+    except OSError as e:
+        # E.g. the cache path runs under a regular file, or is read-only.
+        raise CorpusError(
+            f"--corpus_cache_dir={cache_dir} is not writable: {e.strerror or e}") from None
     try:
         generate_synthetic_corpus(temp_dir, num_workers=num_workers, **params)
         os.chmod(temp_dir, 0o755)  # mkdtemp makes it owner-only

@@ -99,12 +99,15 @@ class AsrTask(base.FederatedTask):
         self.config = config
         self.model_config = config.model_config()
         self.skipped: collections.Counter = collections.Counter()
+        # Per split: {character: times normalize_transcript dropped it}.
+        self.dropped_characters: dict[str, dict[str, int]] = {}
         self.train_corpus = self._usable(train_corpus, "train")
         self.test_corpus = self._usable(test_corpus, "test")
         self._cache: dict[tuple[str, str], _ClientFeatures] = {}
 
     def _usable(self, corpus: SpeechCorpus, split: str) -> SpeechCorpus:
         """Drops utterances too long or that CTC cannot align, with counts."""
+        self._count_dropped_characters(corpus, split)
         max_samples = self.config.max_utterance_seconds * self.config.feature.sample_rate
         too_long = [0]
         infeasible = [0]
@@ -129,6 +132,14 @@ class AsrTask(base.FederatedTask):
         if not usable.client_ids:
             raise ValueError(f"the {split} split has no usable utterances")
         return usable
+
+    def _count_dropped_characters(self, corpus: SpeechCorpus, split: str) -> None:
+        """Logs (once per split) and records characters the vocabulary cannot encode."""
+        dropped, _, summary = text.describe_dropped(
+                u.transcript for u in corpus.all_utterances())
+        self.dropped_characters[split] = dict(dropped)
+        if dropped:
+            logging.warning("%s split: %s", split, summary)
 
     # -- FederatedTask -----------------------------------------------------------
 
@@ -199,6 +210,7 @@ class AsrTask(base.FederatedTask):
                 "model": dataclasses.asdict(self.model_config),
                 "batch_size": self.config.batch_size,
                 "skipped": dict(self.skipped),
+                "dropped_characters": dict(self.dropped_characters),
         }
 
     # -- data ------------------------------------------------------------------

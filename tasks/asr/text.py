@@ -14,6 +14,7 @@ implementations agree exactly; other Unicode spaces are simply dropped.
 
 from __future__ import annotations
 
+import collections
 import re
 from typing import Iterable
 
@@ -38,6 +39,26 @@ def normalize_transcript(text: str) -> str:
     text = re.sub(_ASCII_WS, " ", text)
     text = re.sub(_OUT_OF_VOCAB, "", text)
     return re.sub(" +", " ", text).strip(" ")
+
+
+def dropped_characters(text: str) -> collections.Counter:
+    """The characters :func:`normalize_transcript` drops from ``text``, with counts."""
+    text = re.sub(_ASCII_WS, " ", text.lower())
+    return collections.Counter(re.findall(_OUT_OF_VOCAB, text))
+
+
+def describe_dropped(transcripts: Iterable[str]) -> tuple[collections.Counter, int, str]:
+    """(dropped-character counts, transcripts affected, one-line summary) over ``transcripts``."""
+    total: collections.Counter = collections.Counter()
+    affected = 0
+    for transcript in transcripts:
+        dropped = dropped_characters(transcript)
+        affected += bool(dropped)
+        total += dropped
+    by_count = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
+    summary = (f"dropped {sum(total.values())} out-of-vocabulary characters in {affected}"
+               " transcripts: " + ", ".join(f"{c!r} x{n}" for c, n in by_count))
+    return total, affected, summary
 
 
 def encode(text: str, normalize: bool = True) -> list[int]:

@@ -4,7 +4,10 @@ Structured pruning leaves whole units exactly zero. A unit whose removal
 cannot change any output is cut out of the kernels, and the model is rebuilt
 with `tasks.asr.model.build_conformer_ctc(config, vocab, widths)` (same layer
 names, smaller kernels). Removability is decided from the weights themselves,
-so any checkpoint works and nothing is removed unless it is provably inert:
+so any checkpoint works and nothing is removed unless it is provably inert.
+Which slices form one unit (and are cut together) comes from the unit
+couplings of `tff_prune.pruning.conformer_units`, the one definition pruning
+uses too; only the inertness rules below are compaction's own:
 
 * FFN hidden unit ``j``: ``ff_in`` column ``j`` and bias ``j`` zero (swish(0)
   = 0), or ``ff_out`` row ``j`` zero.
@@ -39,6 +42,8 @@ import numpy as np
 import tensorflow as tf
 
 from tasks.asr import model as model_lib
+from tff_prune.pruning import conformer_units
+from tff_prune.pruning import units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,70 +73,125 @@ def _keep(removable: np.ndarray) -> np.ndarray:
     return keep if keep.size else np.array([0])
 
 
-def _plan_subsampling(w: dict, freq: int) -> tuple[dict, tuple[int, int], int]:
-    k1, b1 = w["subsample_conv1"]
-    k2, b2 = w["subsample_conv2"]
-    kd, bd = w["subsample_dense"]
-    c2 = k2.shape[-1]
-    keep1 = _keep((_zero(k1, -1) & (b1 == 0)) | _zero(k2, 2))
-    dense_rows = kd.reshape(freq, c2, -1)
-    keep2 = _keep((_zero(k2, -1) & (b2 == 0)) | np.all(dense_rows == 0, axis=(0, 2)))
-    new = {
-        "subsample_conv1": [k1[..., keep1], b1[keep1]],
-        "subsample_conv2": [k2[:, :, keep1, :][..., keep2], b2[keep2]],
-        "subsample_dense": [dense_rows[:, keep2, :].reshape(freq * keep2.size, -1), bd],
-    }
-    removed = (k1.shape[-1] - keep1.size) + (c2 - keep2.size)
+def _couplings(model: tf.keras.Model) -> dict[tuple[str, str], units.Coupling]:
+    """The model's unit couplings (`conformer_units`, the one definition of
+    what is pruned together), keyed by (layer a, layer b)."""
+    shapes = {}
+    for layer in model.layers:
+        attr = ("depthwise_kernel" if isinstance(layer, tf.keras.layers.DepthwiseConv2D)
+                else "kernel")
+        if getattr(layer, attr, None) is not None:
+            shapes[f"{layer.name}/{attr}"] = tuple(getattr(layer, attr).shape.as_list())
+    return {(c.a, c.b): c for c in conformer_units.conformer_couplings(shapes)}
+
+
+def _coupling(couplings: dict, a: str, b: str) -> units.Coupling:
+    if (a, b) not in couplings:
+        raise ValueError(f"no unit coupling {a} -> {b} in pruning/conformer_units.py")
+    return couplings[(a, b)]
+
+
+def _axis(side: str) -> int:
+    # Columns are a kernel's outputs (last axis), rows its inputs (the axis
+    # before: Dense rows, Conv2D input channels, DepthwiseConv2D channels).
+    return -1 if side == "col" else -2
+
+
+def _side_zero(weights: list, side: str, index: np.ndarray) -> np.ndarray:
+    """Per entry of ``index``: is that slice zero (a column with its bias)."""
+    kernel = weights[0]
+    zero = _zero(kernel, _axis(side))[index]
+    if side == "col" and len(weights) > 1:
+        zero &= weights[1][index] == 0
+    return zero
+
+
+def _take(weights: list, side: str, index: np.ndarray) -> list:
+    """``weights`` ([kernel, bias]) keeping slices ``index`` of ``side``."""
+    kernel = np.take(weights[0], index, axis=_axis(side))
+    if side == "col" and len(weights) > 1:
+        return [kernel, weights[1][index], *weights[2:]]
+    return [kernel, *weights[1:]]
+
+
+def _b_index(c: units.Coupling, keep: np.ndarray) -> np.ndarray:
+    """The slices of layer ``c.b`` that go with the kept units ``keep`` of ``c.a``."""
+    return np.asarray(c.b_index)[np.isin(c.a_index, keep)]
+
+
+def _either_zero(w: dict, c: units.Coupling) -> np.ndarray:
+    """Per unit (``c.a`` slice): inert when its ``a`` slice or all its ``b``
+    slices are zero (nothing flows in, or nothing flows out)."""
+    unit_ids = np.unique(c.a_index)
+    a_zero = _side_zero(w[c.a], c.a_side, unit_ids)
+    b_zero = _side_zero(w[c.b], c.b_side, np.asarray(c.b_index))
+    return a_zero | np.array([np.all(b_zero[c.a_index == u]) for u in unit_ids])
+
+
+def _cut(w: dict, new: dict, c: units.Coupling, keep: np.ndarray) -> None:
+    """Keeps only units ``keep`` on both sides of coupling ``c`` (into ``new``)."""
+    new[c.a] = _take(new.get(c.a, w[c.a]), c.a_side, keep)
+    new[c.b] = _take(new.get(c.b, w[c.b]), c.b_side, _b_index(c, keep))
+
+
+def _plan_subsampling(w: dict, couplings: dict) -> tuple[dict, tuple[int, int], int]:
+    c1, c2, dense = "subsample_conv1", "subsample_conv2", "subsample_dense"
+    first, flatten = _coupling(couplings, c1, c2), _coupling(couplings, c2, dense)
+    keep1, keep2 = _keep(_either_zero(w, first)), _keep(_either_zero(w, flatten))
+    new: dict = {}
+    _cut(w, new, first, keep1)
+    _cut(w, new, flatten, keep2)
+    removed = (w[c1][0].shape[-1] - keep1.size) + (w[c2][0].shape[-1] - keep2.size)
     return new, (int(keep1.size), int(keep2.size)), removed
 
 
-def _plan_ffn(w: dict, prefix: str) -> tuple[dict, int]:
-    ki, bi = w[f"{prefix}_in"]
-    ko, bo = w[f"{prefix}_out"]
-    keep = _keep((_zero(ki, 1) & (bi == 0)) | _zero(ko, 0))
-    return {f"{prefix}_in": [ki[:, keep], bi[keep]], f"{prefix}_out": [ko[keep], bo]}, keep
+def _plan_ffn(w: dict, couplings: dict, prefix: str) -> tuple[dict, np.ndarray]:
+    c = _coupling(couplings, f"{prefix}_in", f"{prefix}_out")
+    keep = _keep(_either_zero(w, c))
+    new: dict = {}
+    _cut(w, new, c, keep)
+    return new, keep
 
 
-def _plan_attention(w: dict, prefix: str, num_heads: int) -> tuple[dict, tuple, tuple, int, int]:
-    (q, bq), (k, bk) = w[f"{prefix}_query"], w[f"{prefix}_key"]
-    (v, bv), (o, bo) = w[f"{prefix}_value"], w[f"{prefix}_output"]
-    qk_removable = (_zero(q, 1) & (bq == 0)) | (_zero(k, 1) & (bk == 0))
-    v_removable = (_zero(v, 1) & (bv == 0)) | _zero(o, 0)
+def _plan_attention(w: dict, couplings: dict, prefix: str, num_heads: int
+                    ) -> tuple[dict, tuple, tuple, int, int]:
+    qk = _coupling(couplings, f"{prefix}_query", f"{prefix}_key")
+    vo = _coupling(couplings, f"{prefix}_value", f"{prefix}_output")
     # At least one dimension in all: one inert q.k dim keeps its head's scores
     # at 0 (uniform attention), exactly what an empty head gives.
-    qk_keep, v_keep = _keep(qk_removable), _keep(v_removable)
-    dh = q.shape[1] // num_heads
+    qk_keep, v_keep = _keep(_either_zero(w, qk)), _keep(_either_zero(w, vo))
+    new: dict = {}
+    _cut(w, new, qk, qk_keep)
+    _cut(w, new, vo, v_keep)
+    width = w[qk.a][0].shape[-1]
+    dh = width // num_heads
     qk_dims = tuple(int(np.sum(qk_keep // dh == h)) for h in range(num_heads))
     v_dims = tuple(int(np.sum(v_keep // dh == h)) for h in range(num_heads))
-    new = {
-        f"{prefix}_query": [q[:, qk_keep], bq[qk_keep]],
-        f"{prefix}_key": [k[:, qk_keep], bk[qk_keep]],
-        f"{prefix}_value": [v[:, v_keep], bv[v_keep]],
-        f"{prefix}_output": [o[v_keep], bo],
-    }
-    return new, qk_dims, v_dims, q.shape[1] - qk_keep.size, v.shape[1] - v_keep.size
+    return (new, qk_dims, v_dims, width - qk_keep.size,
+            w[vo.a][0].shape[-1] - v_keep.size)
 
 
-def _plan_conv(w: dict, prefix: str) -> tuple[dict, int, int]:
-    pin, bin_ = w[f"{prefix}_pointwise_in"]
-    dw, dwb = w[f"{prefix}_depthwise"]
-    gamma, beta = w[f"{prefix}_depthwise_norm"][:2]
-    pout, bout = w[f"{prefix}_pointwise_out"]
-    channels = pout.shape[0]
-    value_zero = _zero(pin[:, :channels], 1) & (bin_[:channels] == 0)
-    removable = value_zero & _zero(pout, 0)
+def _plan_conv(w: dict, couplings: dict, prefix: str) -> tuple[dict, int, int]:
+    pw_in, dw, pw_out = (f"{prefix}_pointwise_in", f"{prefix}_depthwise",
+                         f"{prefix}_pointwise_out")
+    glu = _coupling(couplings, pw_in, pw_in)      # value column c <-> gate column
+    to_dw, to_out = _coupling(couplings, pw_in, dw), _coupling(couplings, dw, pw_out)
+    channels = np.asarray(glu.a_index)
+    # Both must hold (see module docstring): no value in, nothing out.
+    removable = (_side_zero(w[pw_in], "col", channels)
+                 & _side_zero(w[pw_out], to_out.b_side, _b_index(to_out, channels)))
     keep = _keep(removable)
-    removed = np.setdiff1d(np.arange(channels), keep)
-    cols = np.concatenate([keep, keep + channels])
-    new = {
-        f"{prefix}_pointwise_in": [pin[:, cols], bin_[cols]],
-        f"{prefix}_depthwise": [dw[:, :, keep, :], dwb[keep]],
-        f"{prefix}_pointwise_out": [pout[keep], bout],
-    }
+    removed = np.setdiff1d(channels, keep)
+    dw_keep = np.unique(_b_index(to_dw, keep))
+    new = {pw_in: _take(w[pw_in], "col", np.concatenate([keep, _b_index(glu, keep)])),
+           # A depthwise channel is its own input and output: its bias goes too.
+           dw: [*_take(w[dw][:1], to_dw.b_side, dw_keep), w[dw][1][dw_keep]],
+           pw_out: _take(w[pw_out], to_out.b_side, _b_index(to_out, keep))}
+    gamma, beta = w[f"{prefix}_depthwise_norm"][:2]
     norm = [gamma[keep], beta[keep]]
     if removed.size:
         # The removed channels' constant depthwise outputs (see module docstring).
-        norm.append(dwb[removed])
+        norm.append(w[dw][1][removed])
     new[f"{prefix}_depthwise_norm"] = norm
     return new, int(keep.size), int(removed.size)
 
@@ -151,24 +211,24 @@ def compact_model(model: tf.keras.Model, config: model_lib.ConformerConfig
                               model_lib.PartialLayerNormalization)) for layer in model.layers):
         raise ValueError("the model is already compacted")
     w = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
-    freq = model.get_layer("subsample_conv2").output_shape[2]
-    new, sub_widths, sub_removed = _plan_subsampling(w, freq)
+    couplings = _couplings(model)
+    new, sub_widths, sub_removed = _plan_subsampling(w, couplings)
     removed = {"subsample_channels": sub_removed, "ffn_units": 0, "qk_dims": 0,
                "value_dims": 0, "conv_channels": 0}
     blocks = []
     for i in range(config.num_blocks):
         ff = {}
         for name in ("ff1", "ff2"):
-            weights, keep = _plan_ffn(w, f"block{i}_{name}")
+            weights, keep = _plan_ffn(w, couplings, f"block{i}_{name}")
             new.update(weights)
             ff[name] = int(keep.size)
             removed["ffn_units"] += w[f"block{i}_{name}_in"][0].shape[1] - keep.size
         weights, qk_dims, v_dims, qk_removed, v_removed = _plan_attention(
-            w, f"block{i}_mhsa", config.num_heads)
+            w, couplings, f"block{i}_mhsa", config.num_heads)
         new.update(weights)
         removed["qk_dims"] += qk_removed
         removed["value_dims"] += v_removed
-        weights, kept, dropped = _plan_conv(w, f"block{i}_conv")
+        weights, kept, dropped = _plan_conv(w, couplings, f"block{i}_conv")
         new.update(weights)
         removed["conv_channels"] += dropped
         blocks.append(model_lib.BlockWidths(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tff_prune import client_work
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
@@ -32,22 +33,31 @@ def apply_magnitude_masks(model: tf.keras.Model, scheme: str, sparsity: float,
     wrapped = wrappers.wrap_for_pruning(model, wrappers.select_prunable_layers(model))
     index = wrappers.index_prunable_weights(wrapped)
     decider = mask_policy.MaskDecider(pruning, index, num_heads=num_heads)
-    layers = {key: model.get_layer(key.rsplit("/", 1)[0]) for key in index.keys}
-    kernels = [getattr(layers[k], wrappers.kernel_attribute(layers[k])) for k in index.keys]
+    kernels = [_variable(model, k) for k in index.keys]
     coupled = {}
     if pruning.masks_biases:
         # Bias magnitudes take part in unit scores, as in the server finalizer.
-        coupled = {f"{k.rsplit('/', 1)[0]}/bias": tf.abs(layers[k].bias)
-                   for k in index.keys if getattr(layers[k], "bias", None) is not None}
+        coupled = {k: tf.abs(_variable(model, k)) for k in index.bias_keys if k is not None}
     masks = decider.from_scores([tf.abs(k) for k in kernels], sparsity, coupled or None)
-    out = {}
-    for key, kernel, mask, depthwise in zip(index.keys, kernels, masks, index.depthwise):
-        kernel.assign(kernel * mask)
-        bias = getattr(layers[key], "bias", None)
-        if pruning.masks_biases and bias is not None:
-            bias.assign(bias * wrappers.bias_mask_from_kernel_mask(mask, depthwise))
-        out[key] = mask.numpy()
-    return out
+    # The same per-weight masks (kernels, and biases of removed units) as training.
+    non_trainable = [v.read_value() for v in wrapped.non_trainable_weights]
+    for pos, mask in zip(index.mask_index, masks):
+        non_trainable[pos] = mask
+    per_weight = client_work.weight_masks(non_trainable, index, len(index.trainable_keys),
+                                          pruning.masks_biases)
+    masked = [(_variable(model, key), m)
+              for key, m in zip(index.trainable_keys, per_weight) if m is not None]
+    variables = [v for v, _ in masked]
+    for variable, value in zip(variables, wrappers.apply_weight_masks(
+            variables, [m for _, m in masked])):
+        variable.assign(value)
+    return {key: mask.numpy() for key, mask in zip(index.keys, masks)}
+
+
+def _variable(model: tf.keras.Model, key: str) -> tf.Variable:
+    """The variable of an unwrapped `model` named by a 'layer/weight' key."""
+    layer, attr = key.rsplit("/", 1)
+    return getattr(model.get_layer(layer), attr)
 
 
 def randomize_non_kernel_weights(model: tf.keras.Model, seed: int = 0, scale: float = 0.1) -> None:

@@ -321,10 +321,17 @@ def compute_masks(scores: Tensors, structure: UnitStructure, sparsity: Sparsity,
     return masks_from_unit_keep(unit_keep(scores, structure, sparsity, distribution), structure)
 
 
+def mask_weight(value: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """THE masking of a weight (or its gradient, update or delta): ``value``
+    with the coordinates ``mask`` prunes (0) set to zero, the rest as is.
+    ``mask`` has ``value``'s shape or broadcasts to it."""
+    return value * tf.cast(mask, value.dtype)
+
+
 @_no_autograph
 def apply_masks(weights: Tensors, masks: Tensors) -> dict[str, tf.Tensor]:
-    """``w * mask`` for masked keys; other weights pass through unchanged."""
-    return {k: (w * tf.cast(masks[k], w.dtype) if k in masks else w) for k, w in weights.items()}
+    """``mask_weight`` for masked keys; other weights pass through unchanged."""
+    return {k: (mask_weight(w, masks[k]) if k in masks else w) for k, w in weights.items()}
 
 
 # ----------------------------------------------------------------------------- m:n sparsity
@@ -332,7 +339,7 @@ def apply_masks(weights: Tensors, masks: Tensors) -> dict[str, tf.Tensor]:
 
 @_no_autograph
 def compute_m_by_n_masks(scores: Tensors, kernels: Iterable[str], m: int = 2,
-                         n: int = 4) -> dict[str, tf.Tensor]:
+                         n: int = 4, sparsity=None) -> dict[str, tf.Tensor]:
     """``m`` zeros in every ``n`` consecutive elements along axis -2 of each kernel.
 
     Axis -2 is the input dimension of Dense ``[in, out]`` and Conv2D
@@ -342,6 +349,12 @@ def compute_m_by_n_masks(scores: Tensors, kernels: Iterable[str], m: int = 2,
     ``m`` of each group are removed (ties: the later index); a trailing
     partial group of ``g`` elements keeps ``min(g, n - m)``, like tfmot's
     zero padding. Full groups give sparsity exactly ``m / n``.
+
+    ``sparsity`` (None: ``m / n``; a float or scalar tensor in ``[0, m / n]``)
+    is how a schedule ramps up to m:n: only the fraction ``sparsity / (m / n)``
+    of each kernel's groups, those whose ``m`` lowest scores sum lowest (the
+    cheapest to prune), get their ``m`` zeros; the others stay dense. Every
+    pruned group is already in m:n form, and at ``m / n`` all of them are.
     """
     if not 0 < m < n:
         raise ValueError(f"need 0 < m < n, got m={m}, n={n}")
@@ -359,7 +372,23 @@ def compute_m_by_n_masks(scores: Tensors, kernels: Iterable[str], m: int = 2,
         groups = tf.reshape(x, tf.concat([tf.shape(x)[:-1], [(width + pad) // n, n]], 0))
         order = tf.argsort(groups, axis=-1, direction="DESCENDING", stable=True)
         position = tf.argsort(order, axis=-1, stable=True)  # rank of each element in its group
-        keep = tf.cast(position < n - m, tf.float32)
-        keep = tf.reshape(keep, tf.shape(x))[..., :width]
+        keep = position < n - m
+        if sparsity is not None:
+            keep = keep | _dense_groups(groups, keep, sparsity * n / m)[..., None]
+        keep = tf.reshape(tf.cast(keep, tf.float32), tf.shape(x))[..., :width]
         masks[key] = tf.transpose(keep, perm)  # perm is its own inverse
     return masks
+
+
+def _dense_groups(groups: tf.Tensor, keep: tf.Tensor, pruned_fraction) -> tf.Tensor:
+    """Per group of ``groups`` ``[..., G, n]``: True where it stays dense, so
+    that ``pruned_fraction`` of all groups (rounded) are pruned, cheapest
+    first (lowest sum of the scores ``keep`` drops; padding costs nothing)."""
+    cost = tf.reduce_sum(tf.where(keep | tf.math.is_inf(groups), 0.0, groups), axis=-1)
+    flat = tf.reshape(cost, [-1])
+    total = tf.size(flat)
+    fraction = tf.clip_by_value(tf.cast(pruned_fraction, tf.float32), 0.0, 1.0)
+    num_pruned = tf.cast(tf.round(fraction * tf.cast(total, tf.float32)), tf.int32)
+    # Rank of each group by cost (ties: the earlier group is pruned first).
+    rank = tf.argsort(tf.argsort(flat, stable=True), stable=True)
+    return tf.reshape(rank >= num_pruned, tf.shape(cost))

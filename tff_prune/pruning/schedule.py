@@ -86,7 +86,8 @@ class PruningSchedule:
                 problems.append(f"{name} must be a number, got {value!r}")
             elif not 0.0 <= float(value) < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
-        for name, low in (("begin_round", 0), ("end_round", 0), ("every_rounds", 1), ("refine_rounds", 0)):
+        # Rounds are numbered from 1 (round r's end prunes): round 0 never happens.
+        for name, low in (("begin_round", 1), ("end_round", 1), ("every_rounds", 1), ("refine_rounds", 0)):
             value = getattr(self, name)
             if not _is_int(value):
                 problems.append(f"{name} must be an int, got {value!r}")

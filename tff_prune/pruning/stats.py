@@ -56,3 +56,20 @@ def sparse_bytes(tensors: Tensors, keys: Optional[Iterable[str]] = None) -> tf.T
     """fp32 nonzero values + a 1-bit-per-element bitmask per tensor (int64)."""
     bitmask = sum(-(-t.shape.num_elements() // 8) for t in _select(tensors, keys))
     return 4 * count_nonzero_params(tensors, keys) + bitmask
+
+
+def mask_sparsity(masks: Tensors, covered_keys: Optional[Iterable[str]] = None
+                  ) -> dict[str, tf.Tensor]:
+    """THE sparsity of a pruning method: pruned fraction of the masks of the
+    kernels it covers (``covered_keys``, all by default), per kernel and
+    ``"overall"`` (float32 tensors).
+
+    Only covered kernels count, so that a structure that never prunes some
+    kernels (the feed-forward layers under ``--structure=head``) reads its
+    own target rather than a figure diluted by all-ones masks.
+    """
+    keys = list(masks if covered_keys is None else covered_keys)
+    covered = {k: masks[k] for k in keys}
+    overall = (overall_sparsity(covered) if covered
+               else tf.constant(0.0, tf.float32))
+    return {"overall": overall, **sparsity_per_key(covered)}
