@@ -59,3 +59,17 @@ def tff_runtime(tmp_path_factory):
 
     with runtime.local_runtime(log_dir=str(tmp_path_factory.mktemp("tff_logs"))) as rt:
         yield rt
+
+
+# The end-to-end runs (each a run_experiment.py subprocess of 45-90 s) go
+# first, so that pytest-xdist fills the end of the run with short tests
+# instead of leaving one worker idle behind the longest ones.
+_LONG_MODULES = ("test_program.py", "test_presets.py", "test_report.py",
+                 "test_cli.py", "test_centralized_resume.py", "test_process.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return _LONG_MODULES.index(name) if name in _LONG_MODULES else len(_LONG_MODULES)
+    items.sort(key=rank)  # stable: each module keeps its own order
