@@ -25,11 +25,6 @@ def _run(args, timeout=600):
                           capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 
-def _tiny_corpus_args(tiny_corpus_dir):
-    return [f"--corpus_dir={tiny_corpus_dir}/train",
-            f"--test_corpus_dir={tiny_corpus_dir}/test", "--model_size=tiny"]
-
-
 def _assert_one_line_error(result, *needles):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
