@@ -57,7 +57,7 @@ class CentralizedPruner:
                            for i in self.index.kernel_index]
         self._taylor_weights = [tf.Variable(trainable[i], trainable=False)
                                 for i in self.index.kernel_index]
-        for pos in self.index.step_index:  # tfmot refuses to train without it
+        for pos in self.index.step_index:  # as the federated server writes it
             self._non_trainable[pos].assign(1)
 
     def masks(self) -> list[Optional[tf.Tensor]]:

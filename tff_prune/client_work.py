@@ -6,9 +6,8 @@ with pruning off one round equals `tff.learning.algorithms.build_weighted_fed_av
 With pruning on, each client:
 
 * reads the masks and the round from the broadcast `ModelWeights.non_trainable`
-  (the tfmot wrappers' `mask` and `pruning_step` variables) - tfmot's
-  "requires the UpdatePruningStep callback" check passes because the server
-  already wrote the step there;
+  (the tfmot wrappers' `mask` and `pruning_step` variables, written by the
+  server);
 * applies the masks before training and after every optimizer step, and
   masks every gradient, so pruned weights stay exactly zero throughout and the
   optimizer state never accumulates on them;

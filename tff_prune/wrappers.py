@@ -1,19 +1,26 @@
 """tfmot pruning wrappers on a task's Keras model, driven by our processes.
 
-Each prunable layer is wrapped with `tfmot.sparsity.keras.prune_low_magnitude`
-so that its mask lives where tfmot keeps it (the wrapper's non-trainable
-`mask` variable, hence in `ModelWeights.non_trainable`, broadcast with the
-weights) and `strip_pruning` works at export. The wrappers never decide masks
-themselves: their schedule, `ServerDrivenSchedule`, never asks for a mask
-update, because masks are computed by the server (or by client votes) and
-written into the wrappers by our TFF computations. Clients set the wrappers'
-`pruning_step` (tfmot refuses to train without it) and re-apply masks after
-every optimizer step, since TFF never calls tfmot's Keras callbacks.
+Each prunable layer is wrapped in tfmot's pruning wrapper so that its mask
+lives where tfmot keeps it (the wrapper's non-trainable `mask` variable, hence
+in `ModelWeights.non_trainable`, broadcast with the weights) and
+`strip_pruning` works at export. The wrappers never decide masks themselves:
+their schedule, `ServerDrivenSchedule`, never asks for a mask update, because
+masks are computed by the server (or by client votes) and written into the
+wrappers by our TFF computations; the server keeps the round in the wrappers'
+`pruning_step`. Clients re-apply masks after every optimizer step, since TFF
+never calls tfmot's Keras callbacks.
+
+The wrapper is `ServerMaskedPruneLowMagnitude`, tfmot's `PruneLowMagnitude`
+without the per-step schedule machinery: that machinery can never update a
+mask here, yet it put a `tf.cond` with a top-k mask computation per layer
+into every traced computation (about a third of tracing and of a round's time
+on the micro model).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Sequence
 from typing import Optional
@@ -44,6 +51,30 @@ class ServerDrivenSchedule(pruning_schedule.PruningSchedule):
 
     def get_config(self):
         return {"class_name": self.__class__.__name__, "config": {}}
+
+
+class ServerMaskedPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
+    """tfmot's pruning wrapper whose masks are written from outside.
+
+    Keeps what the rest of tfmot relies on: the `mask`, `threshold` and
+    `pruning_step` variables, `weights = weights * mask` on every call, the
+    layer name prefix and `strip_pruning`. Drops what only a tfmot schedule
+    uses: the per-step `pruning_step` increment and its conditional mask
+    update (with `ServerDrivenSchedule` a graph that never runs a branch).
+    """
+
+    def __init__(self, layer: tf.keras.layers.Layer, **kwargs):
+        super().__init__(layer, **kwargs)
+        # tfmot names a wrapper after its class; keep tfmot's own name (before
+        # build, hence before any variable is named after it), which is what
+        # checkpoints, `weight_key` and the exporters know.
+        self._name = _WRAPPER_PREFIX + layer.name
+
+    def call(self, inputs, training=None, **kwargs):
+        self.add_update(self.pruning_obj.weight_mask_op())
+        if "training" in inspect.getfullargspec(self.layer.call).args:
+            return self.layer.call(inputs, training=training, **kwargs)
+        return self.layer.call(inputs, **kwargs)
 
 
 def kernel_attribute(layer: tf.keras.layers.Layer) -> str:
@@ -81,7 +112,7 @@ def wrap_for_pruning(model: tf.keras.Model, prunable_layers: Sequence[str]
 
     def clone(layer):
         if layer.name in names:
-            return tfmot.sparsity.keras.prune_low_magnitude(
+            return ServerMaskedPruneLowMagnitude(
                 layer.__class__.from_config(layer.get_config()),
                 pruning_schedule=ServerDrivenSchedule())
         return layer.__class__.from_config(layer.get_config())
