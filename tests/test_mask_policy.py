@@ -156,34 +156,33 @@ def test_taylor_differs_from_magnitude_when_a_large_weight_has_no_effect(wrapped
     assert magnitude[0, 0] == 1.0 and taylor[0, 0] == 0.0
 
 
-def test_wrapper_call_masks_the_kernel_and_builds_no_tfmot_schedule_graph(wrapped):
-    # The wrapper keeps tfmot's weights = weights * mask on every call, but
-    # not its per-step schedule (a step increment and a conditional top-k mask
-    # update per layer, which cannot fire under ServerDrivenSchedule).
-    model, index = wrapped
-    layer = next(l for l in model.layers
-                 if isinstance(l, wrappers.ServerMaskedPruneLowMagnitude)
-                 and isinstance(l.layer, tf.keras.layers.Dense))
-    assert isinstance(layer, wrappers.pruning_wrapper.PruneLowMagnitude)
+def test_wrapper_call_masks_the_kernel_and_builds_no_tfmot_schedule_graph():
+    # The wrapper keeps tfmot's name and weights = weights * mask on every
+    # call, but not its per-step schedule (a step increment and a conditional
+    # top-k mask update per layer, which cannot fire under ServerDrivenSchedule).
+    inputs = tf.keras.Input([5, 8])
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(6, name="dense")(inputs))
+    wrapped = wrappers.wrap_for_pruning(model, ["dense"])
+    layer = wrapped.get_layer("prune_low_magnitude_dense")
+    assert isinstance(layer, wrappers.ServerMaskedPruneLowMagnitude)
+    assert wrappers.index_prunable_weights(wrapped).keys == ("dense/kernel",)
     kernel_var, mask_var, _ = layer.pruning_vars[0]
     mask = np.ones(mask_var.shape, np.float32)
     mask[..., ::2] = 0.0
     mask_var.assign(mask)
     layer.pruning_step.assign(7)
-    inputs = tf.random.stateless_normal(
-        [2, 5, kernel_var.shape[0]], seed=[1, 2])
+    x = tf.random.stateless_normal([2, 5, 8], seed=[1, 2])
 
     @tf.function
     def forward(x):
-        return layer(x, training=True)
+        return wrapped(x, training=True)
 
-    graph = forward.get_concrete_function(inputs).graph
+    graph = forward.get_concrete_function(x).graph
     op_types = {op.type for op in graph.get_operations()}
     assert not op_types & {"If", "StatelessIf", "TopKV2", "AssignAddVariableOp"}, op_types
-    out = forward(inputs)
+    out = forward(x)
     kernel = kernel_var.numpy()
     assert np.all(kernel[..., ::2] == 0.0)
-    expected = tf.matmul(inputs, kernel * mask) + layer.layer.bias
+    expected = tf.matmul(x, kernel * mask) + layer.layer.bias
     np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
     assert int(layer.pruning_step.numpy()) == 7
-    mask_var.assign(np.ones(mask_var.shape, np.float32))
