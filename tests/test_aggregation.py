@@ -87,3 +87,27 @@ def test_clip_norm_stacks_with_an_inner_sum_factory(tff_runtime):
     value = _client([30.0, 40.0], [0.0, 0.0], [1, 1])
     out = process.next(process.initialize(), [value], [np.float32(1.0)])
     np.testing.assert_allclose(out.result["w"], [0.3, 0.4], rtol=1e-5)
+
+
+def test_without_client_masks_it_is_the_masked_mean_of_a_shared_mask_bit_for_bit(tff_runtime):
+    # Every client trains under the server's mask, so its deltas are already
+    # zero where that mask prunes: the mean without masks on the wire must be
+    # exactly the masked mean, pruned coordinates included (0).
+    rng = np.random.default_rng(0)
+    mask = np.array([1, 0, 1, 1, 0, 1], np.float32)
+    clients = [_client(rng.normal(size=6).astype(np.float32) * mask,
+                       rng.normal(size=2), mask) for _ in range(3)]
+    weights = [np.float32(w) for w in (3.0, 7.0, 5.0)]
+    masked = aggregation.MaskedWeightedMeanFactory(clip_norm=2.0).create(
+        _value_type([6]), tff.TensorType(np.float32))
+    values_only_type = tff.StructWithPythonType(
+        [("values", _value_type([6])[0])], collections.OrderedDict)
+    unmasked = aggregation.MaskedWeightedMeanFactory(clip_norm=2.0).create(
+        values_only_type, tff.TensorType(np.float32))
+    expected = masked.next(masked.initialize(), clients, weights).result
+    got = unmasked.next(unmasked.initialize(),
+                        [collections.OrderedDict(values=c["values"]) for c in clients],
+                        weights).result
+    for key in ("w", "b"):
+        np.testing.assert_array_equal(got[key], expected[key])
+    assert np.all(got["w"][mask == 0] == 0)

@@ -6,7 +6,6 @@ import tensorflow as tf
 
 from tasks.asr import model as model_lib
 from tasks.asr import text
-from tff_prune import client_work
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
@@ -44,7 +43,7 @@ def test_column_removes_whole_units_with_incoming_outgoing_and_bias(wrapped):
     assert np.all(ff_in.min(axis=0) == ff_in.max(axis=0))
     # ... and its outgoing row goes with it, and so does its bias.
     np.testing.assert_array_equal(np.all(ff_out == 0, axis=1), removed)
-    bias = client_work.weight_masks(_non_trainable_with(index, masks), index,
+    bias = wrappers.weight_masks(_non_trainable_with(index, masks), index,
                                     len(index.trainable_keys), mask_biases=True)
     bias_mask = bias[index.bias_index[index.keys.index("block0_ff1_in/kernel")]].numpy()
     np.testing.assert_array_equal(bias_mask == 0, removed)

@@ -14,6 +14,7 @@ import tensorflow_federated as tff
 
 from tff_prune import client_work as client_work_lib
 from tff_prune import config as config_lib
+from tff_prune import wrappers
 from tff_prune import process as process_lib
 from tff_prune import variable_model
 from tff_prune.pruning import schedule as schedule_lib
@@ -53,9 +54,9 @@ def _datasets(task, round_num, clients=None, repeat=1):
 
 def _client_updates(built, state, data):
     """What each client of the process sends for `state`: its own training,
-    run by the process's client work on the broadcast global weights."""
-    weights = state.global_model_weights
-    out = built.client_work.next(state.client_work, [weights] * len(data), data)
+    run by the process's client work on what the server broadcasts."""
+    received = built.to_wire(state.global_model_weights)
+    out = built.client_work.next(state.client_work, [received] * len(data), data)
     return out.result
 
 
@@ -121,7 +122,7 @@ def test_clients_train_only_kept_weights_and_rounds_reach_the_target(
     # exactly zero in each client's delta, so its trained weight stayed at
     # the broadcast zero; kept coordinates did train.
     weights = state.global_model_weights
-    weight_masks = client_work_lib.weight_masks(
+    weight_masks = wrappers.weight_masks(
         [tf.constant(m) for m in weights.non_trainable], built.index, len(weights.trainable),
         built.decider.pruning.masks_biases)
     updates = _client_updates(built, state, _datasets(micro_task, 4))

@@ -99,6 +99,10 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
                              capture_output=True, text=True, timeout=900, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ref_dir = tmp_path / "reference"
+    # The resumes crossed the switch to compact-model rounds (round 2, after
+    # round 1's mask update) and resumed inside them (round 4).
+    assert [r["client_model"] for r in _csv(ref_dir / "metrics.csv")] == [
+        "masked", "compact", "compact", "compact"]
     for name in ("metrics.csv", "eval.csv"):
         expected, got = _csv(ref_dir / name), _csv(run_dir / name)
         assert [r["round"] for r in got] == [r["round"] for r in expected]

@@ -80,7 +80,7 @@ def test_cli_writes_table_and_plots_from_finished_runs(root):
     assert columns == ["experiment", "mode", "scheme", "structure", "policy",
                        "distribution", "importance", "target sparsity",
                        "achieved sparsity", "WER", "CER", "params", "non-zero params",
-                       "dense bytes", "sparse bytes", "bytes/round"]
+                       "dense bytes", "sparse bytes", "bytes/round", "vs FedAvg"]
     rows = {cells[0]: dict(zip(columns, cells)) for cells in
             (_cells(l) for l in result.stdout.splitlines()
              if l.startswith("| ") and l != header)}
@@ -113,10 +113,16 @@ def test_experiments_are_read_from_summaries_and_curves(finished_root):
         # The run recorded bytes per round: the report averages them ...
         with open(os.path.join(exp.path, "metrics.csv")) as f:
             rows = list(csv.DictReader(f))
-        recorded = [int(r["bytes_broadcast"]) + int(r["bytes_uploaded"]) for r in rows]
+        recorded = [2 * (int(r["bytes_down_per_client"]) + int(r["bytes_up_per_client"]))
+                    for r in rows]
         assert report.bytes_per_round(exp) == round(sum(recorded) / len(recorded))
-        # ... and the first round (dense, 2 clients) moved the dense model both ways.
-        assert recorded[0] >= 2 * 2 * exp.sparse_bytes
+        # ... and in the first round (full model, masks all ones) each client
+        # received every weight (4 B) and one bit per mask entry, and sent back
+        # a dense delta and its example weight.
+        assert int(rows[0]["dense_bytes_per_client"]) == 4 * exp.params
+        assert int(rows[0]["bytes_up_per_client"]) == 4 * exp.params + 4
+        assert 4 * exp.params < int(rows[0]["bytes_down_per_client"]) < 4.2 * exp.params
+        assert 0.5 < report.wire_vs_dense(exp) < 1.1
         assert [p.step for p in exp.curve] == [1, 2]
 
 

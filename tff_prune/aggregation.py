@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -40,7 +41,10 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
     """Weighted mean per coordinate over the clients where it is unmasked.
 
     Value type: a struct `(values=<T>, masks=<M>)` where `M` has `T`'s nesting
-    and each mask is either `T`'s shape or a scalar (1.0: never masked).
+    and each mask is either `T`'s shape or a scalar (1.0: never masked), or
+    `(values=<T>)` alone when every client trains under the same masks (the
+    server's), so that its masked values are already zero where it prunes:
+    then it is the example-weighted mean and no mask crosses the wire.
     Result: `T`; a coordinate masked on every client averages to 0.
     `clip_norm > 0` scales each client's masked values m_i*v_i to global L2
     norm <= clip_norm before they are weighted; masks are never clipped.
@@ -56,13 +60,17 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
 
     def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
         values_type = _struct_field(value_type, "values")
-        masks_type = _struct_field(value_type, "masks")
+        has_masks = "masks" in dict(tff.structure.iter_elements(value_type))
+        # Without client masks, one scalar denominator: the summed weight.
+        masks_type = (_struct_field(value_type, "masks") if has_masks
+                      else tff.TensorType(np.float32))
         value_sum = self._value_sum_factory.create(values_type)
         clip_norm = self._clip_norm
 
-        @tff.tensorflow.computation(values_type, masks_type, weight_type)
-        def weigh(values, masks, weight):
-            values, masks = _as_nest(values), _as_nest(masks)
+        def weigh_fn(values, masks, weight):
+            values = _as_nest(values)
+            masks = _as_nest(masks) if has_masks else tf.nest.map_structure(
+                lambda v: tf.constant(1.0), values)
             weight = tf.cast(weight, tf.float32)
             kept = tf.nest.map_structure(masks_lib.mask_weight, values, masks)
             if clip_norm > 0:
@@ -71,13 +79,25 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
                 kept = tf.nest.pack_sequence_as(kept, flat)
             numerators = tf.nest.map_structure(
                 lambda v: v * tf.cast(weight, v.dtype), kept)
-            denominators = tf.nest.map_structure(
-                lambda m: tf.cast(m, tf.float32) * weight, masks)
+            denominators = (tf.nest.map_structure(
+                lambda m: tf.cast(m, tf.float32) * weight, masks) if has_masks else weight)
             return numerators, denominators
+
+        if has_masks:
+            weigh = tff.tensorflow.computation(weigh_fn, values_type, masks_type, weight_type)
+        else:
+            weigh = tff.tensorflow.computation(
+                lambda values, weight: weigh_fn(values, None, weight),
+                values_type, weight_type)
 
         @tff.tensorflow.computation(values_type, masks_type)
         def divide(numerators, denominators):
-            numerators, denominators = _as_nest(numerators), _as_nest(denominators)
+            numerators = _as_nest(numerators)
+            if not has_masks:
+                return tf.nest.map_structure(
+                    lambda n: tf.math.divide_no_nan(n, tf.cast(denominators, n.dtype)),
+                    numerators)
+            denominators = _as_nest(denominators)
             return tf.nest.map_structure(
                 lambda n, d: tf.math.divide_no_nan(n, tf.cast(d, n.dtype)),
                 numerators, denominators)
@@ -92,7 +112,8 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
             tff.FederatedType(weight_type, tff.CLIENTS))
         def next_fn(state, value, weight):
             numerators, denominators = tff.federated_map(
-                weigh, (value.values, value.masks, weight))
+                weigh, ((value.values, value.masks, weight) if has_masks
+                        else (value.values, weight)))
             summed = value_sum.next(state, numerators)
             mean = tff.federated_map(
                 divide, (summed.result, tff.federated_sum(denominators)))
@@ -105,7 +126,7 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
 
 
 class PruningUpdateAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
-    """Aggregates `{delta, mask[, importance][, vote]}` client updates.
+    """Aggregates `{delta[, mask][, importance][, vote]}` client updates.
 
     Result `{delta[, importance][, vote]}`: the masked mean of the deltas and
     the example-weighted means of Taylor importance and binary mask votes (a
@@ -117,8 +138,10 @@ class PruningUpdateAggregatorFactory(tff.aggregators.WeightedAggregationFactory)
 
     def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
         fields = dict(tff.structure.iter_elements(value_type))
-        delta_value_type = tff.StructType([("values", fields["delta"]),
-                                           ("masks", fields["mask"])])
+        client_masks = "mask" in fields
+        delta_value_type = tff.StructType(
+            [("values", fields["delta"])]
+            + ([("masks", fields["mask"])] if client_masks else []))
         delta_process = self._delta_factory.create(delta_value_type, weight_type)
         extra = [name for name in ("importance", "vote") if name in fields]
         mean_processes = {name: tff.aggregators.MeanFactory().create(
@@ -136,7 +159,8 @@ class PruningUpdateAggregatorFactory(tff.aggregators.WeightedAggregationFactory)
             tff.FederatedType(weight_type, tff.CLIENTS))
         def next_fn(state, value, weight):
             delta_in = tff.federated_zip(collections.OrderedDict(
-                values=value.delta, masks=value.mask))
+                values=value.delta, masks=value.mask) if client_masks
+                else collections.OrderedDict(values=value.delta))
             outputs = collections.OrderedDict(
                 delta=delta_process.next(state.delta, delta_in, weight))
             for name, process in mean_processes.items():

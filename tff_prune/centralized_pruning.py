@@ -16,7 +16,6 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tff_prune import client_work
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
@@ -62,7 +61,7 @@ class CentralizedPruner:
 
     def masks(self) -> list[Optional[tf.Tensor]]:
         """Mask per trainable weight (None: never masked)."""
-        return client_work.weight_masks(
+        return wrappers.weight_masks(
             [v.read_value() for v in self._non_trainable], self.index,
             len(self._trainable), self.pruning.masks_biases)
 

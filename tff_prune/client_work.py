@@ -11,8 +11,11 @@ With pruning on, each client:
 * applies the masks before training and after every optimizer step, and
   masks every gradient, so pruned weights stay exactly zero throughout and the
   optimizer state never accumulates on them;
-* returns its masked delta, its participation mask (for the masked mean), and
-  - when the method asks for them - Taylor importance (the one definition in
+* receives the model in its wire form (`tff_prune.client_model`: bit-packed
+  masks, masked values unless it needs the dense ones) and decodes it;
+* returns its masked delta (no participation mask: every client trains under
+  the server's masks, so the server knows it) and - when the method asks for
+  them - Taylor importance (the one definition in
   `tff_prune.pruning.importance`: mean over its steps of |w * dL/dw|, w the
   broadcast dense value) and its own mask proposal for `client_vote`.
 """
@@ -20,35 +23,66 @@ With pruning on, each client:
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tasks import base
+from tff_prune import client_model
 from tff_prune import config as config_lib
 from tff_prune import wrappers
 from tff_prune.pruning import importance as importance_lib
 
 
-def weight_masks(non_trainable: list[tf.Tensor], index: wrappers.PrunableWeightIndex,
-                 num_trainable: int, mask_biases: bool) -> list[Optional[tf.Tensor]]:
-    """Mask per trainable weight (None = never masked), from wrapper masks."""
-    masks: list[Optional[tf.Tensor]] = [None] * num_trainable
-    for k, kernel_pos in enumerate(index.kernel_index):
-        kernel_mask = non_trainable[index.mask_index[k]]
-        masks[kernel_pos] = kernel_mask
-        bias_pos = index.bias_index[k]
-        if mask_biases and bias_pos is not None:
-            masks[bias_pos] = wrappers.bias_mask_from_kernel_mask(
-                kernel_mask, index.depthwise[k])
-    return masks
+def needs_dense_values(pruning: config_lib.PruningConfig) -> bool:
+    """Whether clients need pruned weights' dense values: Taylor importance
+    scores a pruned weight at its dense value, `client_vote` may vote one back."""
+    return pruning.enabled and (pruning.importance == "taylor"
+                                or pruning.policy == "client_vote")
 
 
-def participation_masks(masks: list[Optional[tf.Tensor]]) -> tuple[tf.Tensor, ...]:
-    """Per-coordinate masks for the masked mean; unmasked weights use a scalar 1."""
-    return tuple(tf.constant(1.0) if m is None else m for m in masks)
+def to_wire_computation(weights_type: tff.types.Type, index: wrappers.PrunableWeightIndex,
+                        pruning: config_lib.PruningConfig,
+                        kept_counts: Optional[Sequence[int]] = None) -> tff.Computation:
+    """The server's encoding of `weights_type` weights for these clients."""
+
+    @tff.tensorflow.computation(weights_type)
+    def to_wire(weights):
+        return client_model.to_wire(weights, index, pruning.masks_biases,
+                                    needs_dense_values(pruning), kept_counts)
+    return to_wire
+
+
+def wire_type(weights_type: tff.types.Type, index: wrappers.PrunableWeightIndex,
+              pruning: config_lib.PruningConfig,
+              kept_counts: Optional[Sequence[int]] = None) -> tff.types.Type:
+    """Type of what one client receives (see `tff_prune.client_model`)."""
+    return to_wire_computation(weights_type, index, pruning,
+                               kept_counts).type_signature.result
+
+
+def build_wire_distributor(weights_type: tff.types.Type,
+                           index: wrappers.PrunableWeightIndex,
+                           pruning: config_lib.PruningConfig
+                           ) -> tff.learning.templates.DistributionProcess:
+    """Broadcasts the server's weights in their wire form (no state)."""
+    to_wire = to_wire_computation(weights_type, index, pruning)
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(weights_type, tff.SERVER))
+    def next_fn(state, weights):
+        return tff.templates.MeasuredProcessOutput(
+            state=state,
+            result=tff.federated_broadcast(tff.federated_map(to_wire, weights)),
+            measurements=tff.federated_value((), tff.SERVER))
+
+    return tff.learning.templates.DistributionProcess(init_fn, next_fn)
 
 
 def build_pruning_client_work(
@@ -60,6 +94,7 @@ def build_pruning_client_work(
     propose_masks_fn: Optional[Callable[..., list]] = None,
     sparsity_for_round_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
     weights_type: Optional[tff.types.Type] = None,
+    kept_counts: Optional[Sequence[int]] = None,
 ) -> tff.learning.templates.ClientWorkProcess:
     """A `ClientWorkProcess` training the wrapped model under the server's masks.
 
@@ -76,6 +111,12 @@ def build_pruning_client_work(
         a negative value when the next round does not update masks.
       weights_type: the TFF type of `model_fn()`'s ModelWeights, when the
         caller knows it (saves building a model just to read it).
+      kept_counts: per masked kernel, how many weights its mask keeps: the
+        sparse form (`tff_prune.client_model`) both ways, each kernel and its
+        delta as the kept values only. Needs masks the server knows exactly.
+
+    The process's `next` takes the weights in their wire form, of type
+    `wire_type(...)` for the same `weights_type`, `index` and `pruning`.
     """
     want_taylor = pruning.enabled and pruning.importance == "taylor"
     want_vote = pruning.enabled and pruning.policy == "client_vote"
@@ -91,7 +132,7 @@ def build_pruning_client_work(
         tf.nest.map_structure(lambda v, t: v.assign(t), model_weights,
                               initial_weights)
         trainable = list(model_weights.trainable)
-        masks = weight_masks(list(initial_weights.non_trainable), index,
+        masks = wrappers.weight_masks(list(initial_weights.non_trainable), index,
                              len(trainable), mask_biases)
         dense_kernels = [initial_weights.trainable[i] for i in index.kernel_index]
         # Clients see only the masked model.
@@ -128,10 +169,12 @@ def build_pruning_client_work(
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
         delta = [tf.where(finite, d, tf.zeros_like(d)) for d in delta]
         weight = tf.where(finite, tf.cast(num_examples, tf.float32), 0.0)
+        if kept_counts is not None:
+            delta = client_model.sparse_kernels(
+                delta, index, [masks[i] for i in index.kernel_index], kept_counts)
 
         importance = tuple(importance_lib.finalize_taylor(importance, num_steps))
-        update = collections.OrderedDict(
-            delta=tuple(delta), mask=participation_masks(masks))
+        update = collections.OrderedDict(delta=tuple(delta))
         if want_taylor:
             update["importance"] = importance
         if want_vote:
@@ -166,13 +209,17 @@ def build_pruning_client_work(
 
     state_type = init_fn.type_signature.result.member
 
-    @tff.tensorflow.computation(state_type, weights_type, data_type)
-    def client_computation(optimizer_hparams, initial_weights, dataset):
+    received_type = wire_type(weights_type, index, pruning, kept_counts)
+
+    @tff.tensorflow.computation(state_type, received_type, data_type)
+    def client_computation(optimizer_hparams, received, dataset):
+        initial_weights = client_model.from_wire(received, index, weights_type,
+                                                 sparse=kept_counts is not None)
         return client_update(model_fn(), optimizer_hparams, initial_weights, dataset)
 
     @tff.federated_computation(
         init_fn.type_signature.result,
-        tff.FederatedType(weights_type, tff.CLIENTS),
+        tff.FederatedType(received_type, tff.CLIENTS),
         tff.FederatedType(data_type, tff.CLIENTS))
     def next_fn(state, weights, client_data):
         results, metrics = tff.federated_map(

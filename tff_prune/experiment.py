@@ -36,17 +36,23 @@ from absl import logging
 from tasks.asr import data as data_lib
 from tasks.asr import task as task_lib
 from tasks.asr.corpus import CorpusError
+from tasks.asr import text
 from tff_prune import aggregation
 from tff_prune import centralized
+from tff_prune import client_work as client_work_lib
+from tff_prune import compact_rounds
 from tff_prune import config as config_lib
 from tff_prune import federated_eval
 from tff_prune import output_dir
 from tff_prune import process as process_lib
 from tff_prune import runtime
+from tff_prune import wire
 from tff_prune import wrappers
+from tff_prune.export import compaction
 from tff_prune.pruning import stats
 
 OPTIMIZERS = ("sgd", "sgdm", "adam")
+CLIENT_MODELS = ("compact", "masked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,9 @@ class FederatedConfig:
     server_learning_rate: float = 1.0
     clip_norm: float = 0.0
     eval_every_rounds: int = 10
+    # What clients train once units are pruned: the physically smaller model
+    # (where it applies, see `tff_prune.compact_rounds`) or the masked one.
+    client_model: str = "compact"
 
     def __post_init__(self):
         for name in ("total_rounds", "clients_per_round", "client_epochs",
@@ -77,6 +86,9 @@ class FederatedConfig:
                 raise config_lib.ConfigError(f"--{name} must be > 0")
         if self.clip_norm < 0:
             raise config_lib.ConfigError("--clip_norm must be >= 0 (0 = no clipping)")
+        if self.client_model not in CLIENT_MODELS:
+            raise config_lib.ConfigError(
+                f"--client_model={self.client_model!r} is not one of: {', '.join(CLIENT_MODELS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,9 +162,10 @@ def _fmt(value):
     return value
 
 
-TRAIN_COLUMNS = ["round", "phase", "train_loss", "num_examples", "sparsity",
+TRAIN_COLUMNS = ["round", "phase", "client_model", "train_loss", "num_examples", "sparsity",
                  "masks_updated", "mask_change_fraction", "vote_agreement",
-                 "bytes_broadcast", "bytes_uploaded", "round_seconds"]
+                 "bytes_down_per_client", "bytes_up_per_client", "dense_bytes_per_client",
+                 "round_seconds"]
 EVAL_COLUMNS = ["round", "loss", "wer", "cer", "num_examples", "sparsity"]
 
 
@@ -168,13 +181,6 @@ def kernel_sparsity(weights: tff.learning.models.ModelWeights,
     masks = {k: np.asarray(weights.non_trainable[i])
              for k, i in zip(index.keys, index.mask_index)}
     return {k: float(v) for k, v in stats.mask_sparsity(masks, covered_keys).items()}
-
-
-def mask_sparsity(weights: tff.learning.models.ModelWeights,
-                  index: wrappers.PrunableWeightIndex) -> float:
-    """Pruned fraction of ALL prunable kernels' masks: what the sparse
-    encoding of `round_bytes` saves (not the method's reported sparsity)."""
-    return kernel_sparsity(weights, index, index.keys)["overall"]
 
 
 def model_sizes(weights: tff.learning.models.ModelWeights) -> dict[str, int]:
@@ -229,6 +235,7 @@ def run(config: ExperimentConfig,
         "task": task.describe(),
         "final": result["final"],
         "model": result["model"],
+        "client_model": result.get("client_model"),
         "wall_seconds": time.monotonic() - start,
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "tensorflow_federated": tff.__version__},
@@ -278,28 +285,43 @@ def cohort_for_round(client_ids, clients_per_round: int, seed: int,
     return sorted(rng.choice(list(client_ids), clients_per_round, replace=False))
 
 
-def round_bytes(index: wrappers.PrunableWeightIndex, num_params: int, sparsity: float,
-                clients: int, pruning: config_lib.PruningConfig) -> tuple[int, int]:
-    """(bytes broadcast, bytes uploaded) of one round, in a sparse encoding.
+def client_model_used(config: ExperimentConfig) -> str:
+    """The client model the run trains: `compact` where compact rounds apply."""
+    if (config.federated.client_model == "compact"
+            and compact_rounds.applies(config.pruning)):
+        return "compact"
+    return "masked"
 
-    Each client receives the masked model (4 bytes per kept value plus a
-    1-bit-per-element mask of the prunable kernels) and uploads a masked delta
-    of the same size, plus Taylor scores (4 bytes per kernel element) or a
-    mask vote (1 bit per kernel element) when the method needs them. Dense
-    runs send 4 bytes per parameter each way.
-    """
-    kernel_elements = sum(int(np.prod(s)) for s in index.shapes)
-    if not pruning.enabled:
-        model = 4 * num_params
-        return clients * model, clients * model
-    kept = num_params - kernel_elements * sparsity
-    model = int(4 * kept + kernel_elements / 8)
-    upload = model
-    if pruning.importance == "taylor":
-        upload += 4 * kernel_elements
-    if pruning.policy == "client_vote":
-        upload += kernel_elements // 8
-    return clients * model, clients * upload
+
+def build_rounds(config: ExperimentConfig, task: task_lib.AsrTask,
+                 built: process_lib.FederatedPruningProcess
+                 ) -> Optional[compact_rounds.CompactRounds]:
+    """What runs the rounds once units are pruned: compact rounds, masked
+    rounds in the sparse form, or (None) the process itself, whose clients
+    receive dense values (Taylor importance, client votes, no pruning)."""
+    if not config.pruning.enabled or client_work_lib.needs_dense_values(config.pruning):
+        return None
+    if client_model_used(config) == "compact":
+        compactor = compaction.ConformerCompactor(task.model_config, text.VOCAB_SIZE)
+    else:
+        compactor = compact_rounds.FullSizeModel(task.build_model)
+    return compact_rounds.CompactRounds(built, compactor)
+
+
+def round_wire_bytes(client_work: tff.learning.templates.ClientWorkProcess
+                     ) -> tuple[int, int]:
+    """(bytes down, bytes up) per client of a round run by `client_work`: the
+    sizes of the value each client receives and of the result it sends, read
+    from the client work's own type signature."""
+    signature = client_work.next.type_signature
+    return (wire.type_bytes(signature.parameter[1]),
+            wire.type_bytes(signature.result.result))
+
+
+def dense_bytes_per_client(index: wrappers.PrunableWeightIndex) -> int:
+    """What dense FedAvg moves each way per client: the full model's weights."""
+    return wire.type_bytes(wrappers.tff_type(tuple(
+        tf.TensorSpec(s, tf.float32) for s in index.trainable_shapes)))
 
 
 def load_latest_readable_checkpoint(
@@ -360,7 +382,9 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
     tensorboard = tff.program.TensorBoardReleaseManager(os.path.join(out, "tensorboard"))
     schedule = config.pruning.schedule
     final_eval: dict = {}
-    num_params = sum(int(np.prod(s)) for s in built.index.trainable_shapes)
+    client_model = client_model_used(config)
+    rounds = build_rounds(config, task, built)
+    dense_bytes = dense_bytes_per_client(built.index)
     with runtime.local_runtime(log_dir=os.path.join(out, "logs")):
         initial_state = built.process.initialize()
         state, done = load_latest_readable_checkpoint(
@@ -369,7 +393,6 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
             state, done = initial_state, 0
         else:
             logging.info("resuming %s after round %d", out, done)
-        sparsity_in_force = mask_sparsity(state.global_model_weights, built.index)
         for round_num in range(done + 1, fed.total_rounds + 1):
             round_start = time.monotonic()
             cohort = cohort_for_round(task.train_client_ids, fed.clients_per_round,
@@ -378,15 +401,24 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
                                             seed=config.seed * 1_000_003 + round_num * 1009 + i)
                         .repeat(fed.client_epochs)
                         for i, c in enumerate(cohort)]
-            output = built.process.next(state, datasets)
+            if rounds is None:
+                round_client_work = built.client_work
+                output = built.process.next(state, datasets)
+            else:
+                # The compact (or sparse) model of the masks in force; the
+                # process's own round while they prune nothing.
+                round_client_work = rounds.client_work_for(state)
+                output = rounds.next(state, datasets)
+            bytes_down, bytes_up = round_wire_bytes(round_client_work)
             state = output.state
             train = output.metrics["client_work"]["train"]
             fin = output.metrics["finalizer"]
-            broadcast, uploaded = round_bytes(built.index, num_params, sparsity_in_force,
-                                              len(cohort), config.pruning)
             row = {
                 "round": round_num,
                 "phase": schedule.phase(round_num) if config.pruning.enabled else "dense",
+                "client_model": ("compact" if rounds is not None and rounds.compacts
+                                 and round_client_work is not built.client_work
+                                 else "masked"),
                 "train_loss": _scalar(train["loss_sum"]) / max(_scalar(train["num_examples"]), 1),
                 "num_examples": _scalar(train["num_examples"]),
                 "sparsity": _scalar(fin["sparsity"]) if "sparsity" in fin else 0.0,
@@ -396,12 +428,11 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
                 # NaN (not a real agreement) on rounds without a vote-driven mask update.
                 "vote_agreement": (_scalar(fin["vote_agreement"])
                                    if "vote_agreement" in fin else float("nan")),
-                "bytes_broadcast": broadcast,
-                "bytes_uploaded": uploaded,
+                "bytes_down_per_client": bytes_down,
+                "bytes_up_per_client": bytes_up,
+                "dense_bytes_per_client": dense_bytes,
                 "round_seconds": time.monotonic() - round_start,
             }
-            # From the state itself, so that a resumed run computes the same.
-            sparsity_in_force = mask_sparsity(state.global_model_weights, built.index)
             _sync(train_release.release(_train_release(row), key=round_num))
             _sync(tensorboard.release(
                 {k: v for k, v in _train_release(row).items() if k != "phase"},
@@ -435,6 +466,7 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
     return {
         "final": {**final_eval, "sparsity_per_layer": sparsity},
         "model": {**model_sizes(weights), "prunable_layers": built.prunable_layers},
+        "client_model": client_model,
         "outputs": {"metrics_csv": os.path.join(out, "metrics.csv"),
                     "eval_csv": os.path.join(out, "eval.csv"),
                     "tensorboard": os.path.join(out, "tensorboard"),

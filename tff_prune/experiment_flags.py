@@ -83,6 +83,10 @@ flags.DEFINE_enum("server_optimizer", "sgd", list(experiment.OPTIMIZERS), "Serve
 flags.DEFINE_float("server_learning_rate", 1.0, "Server learning rate.")
 flags.DEFINE_float("clip_norm", 0.0, "Clip each client's weighted delta to this norm (0: off).")
 flags.DEFINE_integer("eval_every_rounds", 10, "Held-out evaluation cadence.")
+flags.DEFINE_enum("client_model", "compact", list(experiment.CLIENT_MODELS),
+                  "What clients train once units are pruned: the physically smaller "
+                  "model (structured pruning with magnitude importance and the server "
+                  "or fixed policy; others train masked) or the masked full-size one.")
 
 # -- centralized -------------------------------------------------------------
 flags.DEFINE_integer("centralized_epochs", 10, "Epochs of --mode=centralized.")
@@ -168,7 +172,7 @@ def experiment_config_from_flags() -> experiment.ExperimentConfig:
             client_learning_rate=FLAGS.client_learning_rate,
             server_optimizer=FLAGS.server_optimizer,
             server_learning_rate=FLAGS.server_learning_rate, clip_norm=FLAGS.clip_norm,
-            eval_every_rounds=FLAGS.eval_every_rounds),
+            eval_every_rounds=FLAGS.eval_every_rounds, client_model=FLAGS.client_model),
         centralized=centralized.CentralizedConfig(
             epochs=FLAGS.centralized_epochs, learning_rate=FLAGS.learning_rate,
             eval_every_epochs=FLAGS.eval_every_epochs, seed=FLAGS.seed),

@@ -16,7 +16,6 @@ import tensorflow_federated as tff
 
 from tasks import base
 from tasks.asr import metrics
-from tff_prune import client_work
 from tff_prune import wrappers
 
 
@@ -37,7 +36,7 @@ def build_federated_evaluation(
     def evaluate_client(model, weights, dataset):
         model_weights = tff.learning.models.ModelWeights.from_model(model)
         tf.nest.map_structure(lambda v, t: v.assign(t), model_weights, weights)
-        masks = client_work.weight_masks(list(weights.non_trainable), index,
+        masks = wrappers.weight_masks(list(weights.non_trainable), index,
                                          len(model_weights.trainable), mask_biases)
         for v, masked in zip(model_weights.trainable,
                              wrappers.apply_weight_masks(model_weights.trainable, masks)):

@@ -20,7 +20,6 @@ import collections
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_prune import client_work
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
@@ -56,7 +55,7 @@ def build_pruning_finalizer(
     def server_update(state, weights, update):
         trainable = list(weights.trainable)
         non_trainable = list(weights.non_trainable)
-        masks = client_work.weight_masks(non_trainable, index, len(trainable),
+        masks = wrappers.weight_masks(non_trainable, index, len(trainable),
                                          pruning.masks_biases)
         opt_state, stepped = server_optimizer.next(
             state["optimizer"], tuple(trainable), tuple(update["delta"]))

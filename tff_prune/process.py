@@ -2,7 +2,8 @@
 
 Composed from `tff.learning.templates` parts:
 
-  broadcast (dense weights + wrapper masks + pruning step)
+  broadcast (the weights in their wire form: masked values or, for Taylor
+             scores and client votes, dense ones; bit-packed masks; the round)
     -> client work (masked local training, Taylor scores / mask votes)
     -> aggregator (masked weighted mean of deltas, weighted means of the rest)
     -> finalizer (server optimizer, then the scheduled mask update)
@@ -41,6 +42,15 @@ class FederatedPruningProcess:
     prunable_layers: list[str]
     # The process's own client work (what each client runs), for inspection.
     client_work: Optional[tff.learning.templates.ClientWorkProcess] = None
+    # The parts compact-model rounds reuse (`tff_prune.compact_rounds`).
+    task: Optional[base.FederatedTask] = None
+    pruning: Optional[config_lib.PruningConfig] = None
+    client_optimizer: Optional[tff.learning.optimizers.Optimizer] = None
+    aggregator_factory: Optional[aggregation.PruningUpdateAggregatorFactory] = None
+    finalizer: Optional[tff.learning.templates.FinalizerProcess] = None
+    weights_type: Optional[tff.types.Type] = None
+    # The server's encoding of its weights for the clients (what is broadcast).
+    to_wire: Optional[tff.Computation] = None
 
 
 def masked_model_weights(weights: tff.learning.models.ModelWeights,
@@ -48,7 +58,7 @@ def masked_model_weights(weights: tff.learning.models.ModelWeights,
                          mask_biases: bool) -> tff.learning.models.ModelWeights:
     """The model clients see: every masked weight set to exactly zero."""
     trainable = list(weights.trainable)
-    masks = client_work_lib.weight_masks(list(weights.non_trainable), index,
+    masks = wrappers.weight_masks(list(weights.non_trainable), index,
                                          len(trainable), mask_biases)
     return tff.learning.models.ModelWeights(
         trainable=tuple(wrappers.apply_weight_masks(trainable, masks)),
@@ -153,14 +163,15 @@ def build_federated_pruning_process(
         weights_type=wrappers.model_weights_type(model),
         propose_masks_fn=decider.from_scores, sparsity_for_round_fn=vote_sparsity)
     client_result_type = client_work.next.type_signature.result.result.member
-    aggregator = aggregation.PruningUpdateAggregatorFactory(delta_aggregator).create(
+    aggregator_factory = aggregation.PruningUpdateAggregatorFactory(delta_aggregator)
+    aggregator = aggregator_factory.create(
         client_result_type.update, client_result_type.update_weight)
     finalizer = finalizer_lib.build_pruning_finalizer(
         server_optimizer, weights_type, aggregator.next.type_signature.result.result.member,
         index, pruning, decider)
     composed = tff.learning.templates.compose_learning_process(
         initial_weights_fn,
-        tff.learning.templates.build_broadcast_process(weights_type),
+        client_work_lib.build_wire_distributor(weights_type, index, pruning),
         client_work, aggregator, finalizer)
 
     state_type = composed.next.type_signature.parameter[0].member
@@ -174,5 +185,9 @@ def build_federated_pruning_process(
         composed.initialize, composed.next, get_masked_model_weights,
         composed.set_model_weights, get_hparams_fn=composed.get_hparams,
         set_hparams_fn=composed.set_hparams)
-    return FederatedPruningProcess(process, model_fn, index, decider, prunable,
-                                   client_work=client_work)
+    return FederatedPruningProcess(
+        process, model_fn, index, decider, prunable, client_work=client_work,
+        task=task, pruning=pruning, client_optimizer=client_optimizer,
+        aggregator_factory=aggregator_factory, finalizer=finalizer,
+        weights_type=weights_type,
+        to_wire=client_work_lib.to_wire_computation(weights_type, index, pruning))

@@ -229,20 +229,37 @@ def _sort_key(exp: Experiment) -> tuple:
 # -- the table -----------------------------------------------------------------
 
 
-def recorded_bytes_per_round(exp: Experiment) -> Optional[int]:
-    """Mean bytes broadcast + uploaded per round, as the run recorded them in
-    metrics.csv (`bytes_broadcast`, `bytes_uploaded`); None when absent."""
+def _recorded_wire_rows(exp: Experiment) -> list[tuple[float, float, float]]:
+    """(down, up, dense) bytes per client of each round in metrics.csv."""
     path = os.path.join(exp.path, "metrics.csv")
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError:
+        return []
+    columns = ("bytes_down_per_client", "bytes_up_per_client", "dense_bytes_per_client")
+    values = [tuple(_float(r.get(c)) for c in columns) for r in rows]
+    return [v for v in values if None not in v]
+
+
+def recorded_bytes_per_round(exp: Experiment) -> Optional[int]:
+    """Mean bytes down + up per round for the cohort, from the per-client
+    figures the run recorded in metrics.csv (read from the TFF types of what
+    crossed the wire); None when absent."""
+    rows = _recorded_wire_rows(exp)
+    if not rows or exp.clients_per_round is None:
         return None
-    totals = [_float(r.get("bytes_broadcast")) + _float(r.get("bytes_uploaded"))
-              for r in rows
-              if _float(r.get("bytes_broadcast")) is not None
-              and _float(r.get("bytes_uploaded")) is not None]
-    return int(round(sum(totals) / len(totals))) if totals else None
+    totals = [down + up for down, up, _ in rows]
+    return int(round(exp.clients_per_round * sum(totals) / len(totals)))
+
+
+def wire_vs_dense(exp: Experiment) -> Optional[float]:
+    """Recorded bytes down + up per client over the run, as a fraction of
+    what dense FedAvg of the full model moves; None when not recorded."""
+    rows = _recorded_wire_rows(exp)
+    if not rows:
+        return None
+    return sum(d + u for d, u, _ in rows) / sum(2 * dense for _, _, dense in rows)
 
 
 def bytes_per_round(exp: Experiment) -> Optional[int]:
@@ -260,9 +277,12 @@ def bytes_per_round(exp: Experiment) -> Optional[int]:
 
 
 BYTES_FOOTNOTE = (
-    "Bytes/round: the mean over rounds of the bytes broadcast + uploaded that "
-    "the run recorded in metrics.csv (sparse encoding of the masked model and "
-    "deltas, plus Taylor scores or mask votes when the method sends them). "
+    "Bytes/round: the mean over rounds of the bytes down + up per client that "
+    "the run recorded in metrics.csv, times the cohort: the sizes of the values "
+    "that crossed the wire, read from the TFF computations' types (the model "
+    "clients received with its bit-packed masks; their deltas, Taylor scores or "
+    "mask votes). vs FedAvg: the same over the whole run, as a fraction of what "
+    "dense FedAvg of the full model moves. "
     "For runs without those columns it is an estimate: clients/round × 2 × "
     "min(sparse, dense) bytes of the final model, since each sampled client "
     "downloads the masked model and uploads a masked delta with the same "
@@ -286,7 +306,7 @@ COLUMNS = (  # (header, right-aligned)
     ("policy", False), ("distribution", False), ("importance", False),
     ("target sparsity", True), ("achieved sparsity", True), ("WER", True), ("CER", True),
     ("params", True), ("non-zero params", True), ("dense bytes", True),
-    ("sparse bytes", True), ("bytes/round", True),
+    ("sparse bytes", True), ("bytes/round", True), ("vs FedAvg", True),
 )
 
 
@@ -315,7 +335,7 @@ def table_row(exp: Experiment) -> list[str]:
         _fmt(exp.wer, ".3f"), _fmt(exp.cer, ".3f"),
         _fmt(exp.params, ","), _fmt(exp.nonzero_params, ","),
         human_bytes(exp.dense_bytes), human_bytes(exp.sparse_bytes),
-        human_bytes(bytes_per_round(exp)),
+        human_bytes(bytes_per_round(exp)), _fmt(wire_vs_dense(exp), ".2f"),
     ]
 
 

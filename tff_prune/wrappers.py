@@ -191,6 +191,19 @@ def bias_mask_from_kernel_mask(kernel_mask: tf.Tensor, depthwise: bool) -> tf.Te
     return tf.reduce_max(kernel_mask, axis=list(range(rank - 1)))
 
 
+def weight_masks(non_trainable: Sequence[tf.Tensor], index: PrunableWeightIndex,
+                 num_trainable: int, mask_biases: bool) -> list[Optional[tf.Tensor]]:
+    """Mask per trainable weight (None = never masked), from wrapper masks."""
+    masks: list[Optional[tf.Tensor]] = [None] * num_trainable
+    for k, kernel_pos in enumerate(index.kernel_index):
+        kernel_mask = non_trainable[index.mask_index[k]]
+        masks[kernel_pos] = kernel_mask
+        bias_pos = index.bias_index[k]
+        if mask_biases and bias_pos is not None:
+            masks[bias_pos] = bias_mask_from_kernel_mask(kernel_mask, index.depthwise[k])
+    return masks
+
+
 def apply_weight_masks(values: Sequence[tf.Tensor],
                        masks: Sequence[Optional[tf.Tensor]]) -> list[tf.Tensor]:
     """`values` with pruned coordinates set to exactly zero (mask None: as is).

@@ -358,20 +358,26 @@ class PartialLayerNormalization(tf.keras.layers.Layer):
     but it still enters the mean and variance of the other channels. This
     layer normalizes ``x [..., C_kept]`` with statistics over ``C_kept +
     num_removed`` channels, the removed ones holding ``removed_values``
-    (a non-trainable weight), so it equals LayerNorm on the full width.
+    (non-trainable for serving; ``train_removed_values`` makes them
+    trainable, as the depthwise biases they stand for are in the uncompacted
+    model, so that training the compact model trains what the masked one
+    would), so it equals LayerNorm on the full width.
     """
 
-    def __init__(self, num_removed: int, epsilon: float = 1e-5, **kwargs):
+    def __init__(self, num_removed: int, epsilon: float = 1e-5,
+                 train_removed_values: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_removed = int(num_removed)
         self.epsilon = float(epsilon)
+        self.train_removed_values = bool(train_removed_values)
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
         self.gamma = self.add_weight("gamma", [channels], initializer="ones")
         self.beta = self.add_weight("beta", [channels], initializer="zeros")
         self.removed_values = self.add_weight(
-            "removed_values", [self.num_removed], initializer="zeros", trainable=False)
+            "removed_values", [self.num_removed], initializer="zeros",
+            trainable=self.train_removed_values)
         super().build(input_shape)
 
     def call(self, x):
@@ -384,7 +390,8 @@ class PartialLayerNormalization(tf.keras.layers.Layer):
         return (x - mean) * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
 
     def get_config(self):
-        return {**super().get_config(), "num_removed": self.num_removed, "epsilon": self.epsilon}
+        return {**super().get_config(), "num_removed": self.num_removed, "epsilon": self.epsilon,
+                "train_removed_values": self.train_removed_values}
 
 
 # ----------------------------------------------------------------------------- model
@@ -428,7 +435,7 @@ def _self_attention(x, mask, cfg: ConformerConfig, prefix: str,
 
 
 def _convolution(x, mask, cfg: ConformerConfig, prefix: str, channels: int | None = None,
-                 removed_channels: int = 0):
+                 removed_channels: int = 0, train_removed_values: bool = False):
     """Conv module: x + Dropout(PW(swish(LN(DW(GLU(PW(LN(x))))))))."""
     L = tf.keras.layers
     d = cfg.d_model if channels is None else channels
@@ -443,6 +450,7 @@ def _convolution(x, mask, cfg: ConformerConfig, prefix: str, channels: int | Non
     y = L.Reshape((-1, d), name=f"{prefix}_to_1d")(y)
     if removed_channels:
         y = PartialLayerNormalization(removed_channels, epsilon=1e-5,
+                                      train_removed_values=train_removed_values,
                                       name=f"{prefix}_depthwise_norm")(y)
     else:
         y = L.LayerNormalization(epsilon=1e-5, name=f"{prefix}_depthwise_norm")(y)
@@ -453,7 +461,8 @@ def _convolution(x, mask, cfg: ConformerConfig, prefix: str, channels: int | Non
 
 
 def build_conformer_ctc(config: ConformerConfig, vocab_size: int,
-                        widths: ModelWidths | None = None) -> tf.keras.Model:
+                        widths: ModelWidths | None = None,
+                        train_removed_values: bool = False) -> tf.keras.Model:
     """Build the Conformer-CTC functional model.
 
     Inputs: ``{"features": float32[B, T, F], "feature_lengths": int32[B]}``.
@@ -464,7 +473,8 @@ def build_conformer_ctc(config: ConformerConfig, vocab_size: int,
 
     ``widths`` (optional) builds a compacted model with the same layer names
     and per-layer widths (see :class:`ModelWidths`); ``None`` builds the
-    dense model ``config`` describes.
+    dense model ``config`` describes. ``train_removed_values``: a compacted
+    model for training (see :class:`PartialLayerNormalization`).
     """
     L = tf.keras.layers
     cfg = config
@@ -498,7 +508,8 @@ def build_conformer_ctc(config: ConformerConfig, vocab_size: int,
         x = _self_attention(x, mask, cfg, f"block{i}_mhsa", bw)
         x = _convolution(x, mask, cfg, f"block{i}_conv",
                          None if bw is None else bw.conv_channels,
-                         0 if bw is None else bw.conv_removed_channels)
+                         0 if bw is None else bw.conv_removed_channels,
+                         train_removed_values)
         x = _feed_forward(x, cfg, f"block{i}_ff2", None if bw is None else bw.ff2_dim)
         x = L.LayerNormalization(epsilon=1e-5, name=f"block{i}_final_norm")(x)
 

@@ -247,6 +247,28 @@ def compact_model(model: tf.keras.Model, config: model_lib.ConformerConfig
     return compact, report
 
 
+@dataclasses.dataclass(frozen=True)
+class ConformerCompactor:
+    """Compaction of one Conformer config, for compact-model training rounds.
+
+    `compact(model)` rebuilds a stripped model without its inert units (as
+    :func:`compact_model`) and returns it with its widths; `build(widths)`
+    builds a fresh model of those widths to train (removed conv channels'
+    constants trainable, as their depthwise biases are in the full model).
+    """
+
+    config: model_lib.ConformerConfig
+    vocab_size: int
+
+    def compact(self, model: tf.keras.Model) -> tuple[tf.keras.Model, model_lib.ModelWidths]:
+        compact, report = compact_model(model, self.config)
+        return compact, report.widths
+
+    def build(self, widths: model_lib.ModelWidths) -> tf.keras.Model:
+        return model_lib.build_conformer_ctc(self.config, self.vocab_size, widths,
+                                             train_removed_values=True)
+
+
 def max_logit_difference(a: tf.keras.Model, b: tf.keras.Model, features: tf.Tensor,
                          feature_lengths: tf.Tensor) -> float:
     """max |logits_a - logits_b| over the valid output frames of a batch."""

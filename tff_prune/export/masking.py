@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tff_prune import client_work
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
@@ -43,7 +42,7 @@ def apply_magnitude_masks(model: tf.keras.Model, scheme: str, sparsity: float,
     non_trainable = [v.read_value() for v in wrapped.non_trainable_weights]
     for pos, mask in zip(index.mask_index, masks):
         non_trainable[pos] = mask
-    per_weight = client_work.weight_masks(non_trainable, index, len(index.trainable_keys),
+    per_weight = wrappers.weight_masks(non_trainable, index, len(index.trainable_keys),
                                           pruning.masks_biases)
     masked = [(_variable(model, key), m)
               for key, m in zip(index.trainable_keys, per_weight) if m is not None]

@@ -1,0 +1,325 @@
+"""What a federated round costs, side by side: compact and sparse rounds vs dense.
+
+  python -m bench.round_costs [--model_size=small] [--quick]
+
+In one process, with one cohort (the first `--clients` training speakers,
+`--client_epochs` local epochs, batch 8, client Adam 3e-3), it builds:
+
+* orchestration: our process with `--pruning=none`, TFF's own
+  `tff.learning.algorithms.build_weighted_fed_avg` on the same model and loss
+  (`TaskVariableModel`), and a plain Keras-free TF loop running the same client
+  steps (same optimizer, data and example weighting) without TFF;
+* compact payoff: structured column pruning at 50% and 75% in compact rounds
+  and in masked rounds (full-size model, sparse wire), against dense;
+* sparse communication: unstructured pruning at 50/80/90% (masked rounds,
+  sparse wire).
+
+Pruned variants reach their masks in round 1 (constant schedule) and keep
+them; a second untimed round compiles their compact or sparse computation.
+Then every variant runs `--repeats` rounds, round-robin, so machine load hits
+all alike; the table gives medians and ratios to dense measured in this run.
+Bytes per client come from the round computations' types (`wire`), FLOPs
+and peak memory of one client's local training from `bench.client_cost`,
+one subprocess per variant. Results: `bench/results/round_costs.{md,json}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3")
+
+# pylint: disable=wrong-import-position
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tasks.asr import data as data_lib
+from tasks.asr import task as task_lib
+from tasks.asr import text
+from tff_prune import compact_rounds
+from tff_prune import config as config_lib
+from tff_prune import experiment
+from tff_prune import process as process_lib
+from tff_prune import runtime
+from tff_prune import variable_model
+from tff_prune.export import compaction
+from tff_prune.pruning import schedule as schedule_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "bench", "results")
+
+# (name, scheme, sparsity, client model, goal on bytes (down and up) vs dense)
+PRUNED = (
+    ("compact, column 50%", "structured", 0.5, "compact", 0.55),
+    ("masked, column 50%", "structured", 0.5, "masked", None),
+    ("compact, column 75%", "structured", 0.75, "compact", 0.30),
+    ("masked, column 75%", "structured", 0.75, "masked", None),
+    ("unstructured 50%", "unstructured", 0.5, "masked", 0.55),
+    ("unstructured 80%", "unstructured", 0.8, "masked", 0.25),
+    ("unstructured 90%", "unstructured", 0.9, "masked", 0.15),
+)
+QUICK = ("compact, column 50%",)
+GOALS = {  # the issue's goals, vs dense (round time, FLOPs) at each sparsity
+    "compact, column 50%": {"round": 0.7, "flops": 0.65},
+    "compact, column 75%": {"round": 0.45},
+}
+
+
+def _optimizer():
+    return tff.learning.optimizers.build_adam(3e-3)
+
+
+def _pruning(scheme: str, sparsity: float) -> config_lib.PruningConfig:
+    return config_lib.PruningConfig(scheme=scheme, structure="column", schedule=(
+        schedule_lib.PruningSchedule(kind="constant", target_sparsity=sparsity, begin_round=1,
+                                     end_round=1, every_rounds=1, refine_rounds=0)))
+
+
+class Variant:
+    """One way to run a round, with its state."""
+
+    def __init__(self, name, step, client_work=None, sparsity=0.0, model_kind="dense"):
+        self.name, self.step, self.client_work = name, step, client_work
+        self.sparsity, self.model_kind = sparsity, model_kind
+        self.seconds: list[float] = []
+
+    def run(self, data) -> float:
+        start = time.perf_counter()
+        self.step(data)
+        return time.perf_counter() - start
+
+
+def _process_variant(name, built, rounds, sparsity, kind, data):
+    state = {"s": built.process.initialize()}
+
+    def step(d):
+        runner = rounds.next if rounds is not None else built.process.next
+        state["s"] = runner(state["s"], d).state
+
+    variant = Variant(name, step, sparsity=sparsity, model_kind=kind)
+    for _ in range(2):  # round 1 sets the masks; round 2 compiles the pruned round
+        variant.run(data)
+    variant.client_work = (rounds.client_work_for(state["s"]) if rounds is not None
+                           else built.client_work)
+    return variant
+
+
+def _fed_avg_variant(task, data):
+    fed_avg = tff.learning.algorithms.build_weighted_fed_avg(
+        lambda: variable_model.TaskVariableModel(task, task.build_model()),
+        client_optimizer_fn=_optimizer(), server_optimizer_fn=tff.learning.optimizers
+        .build_sgdm(1.0))
+    state = {"s": fed_avg.initialize()}
+
+    def step(d):
+        state["s"] = fed_avg.next(state["s"], d).state
+    variant = Variant("TFF build_weighted_fed_avg", step)
+    variant.run(data)
+    return variant
+
+
+def _plain_loop_variant(task, data):
+    """The same client steps without TFF: one tf.function per client update."""
+    model = task.build_model()
+    optimizer = _optimizer()
+    weights = [v.numpy() for v in model.trainable_weights]
+
+    @tf.function
+    def client_update(initial, dataset):
+        for v, w in zip(model.trainable_weights, initial):
+            v.assign(w)
+        variables = model.trainable_weights
+        opt_state = optimizer.initialize(tuple(tf.TensorSpec(v.shape, v.dtype)
+                                               for v in variables))
+        num_examples = tf.constant(0, tf.int64)
+        for batch in dataset:
+            with tf.GradientTape() as tape:
+                loss, n = task.batch_loss(model, batch, training=True)
+            grads = tape.gradient(loss, variables)
+            opt_state, updated = optimizer.next(opt_state, tuple(variables), tuple(grads))
+            for v, u in zip(variables, updated):
+                v.assign(u)
+            num_examples += tf.cast(n, tf.int64)
+        return [a - v for a, v in zip(initial, variables)], num_examples
+
+    def step(d):
+        total, weight_sum = None, 0.0
+        for dataset in d:
+            delta, n = client_update(weights, dataset)
+            n = float(n)
+            scaled = [np.asarray(x) * n for x in delta]
+            total = scaled if total is None else [a + b for a, b in zip(total, scaled)]
+            weight_sum += n
+        for i, t in enumerate(total):
+            weights[i] = weights[i] - t / weight_sum
+
+    variant = Variant("plain TF loop (no TFF)", step)
+    variant.run(data)
+    return variant
+
+
+def client_cost(model_size, kind, sparsity, num_train_speakers, cache_dir) -> dict:
+    """`bench.client_cost` in its own process (peak RSS of that client alone)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.client_cost", f"--model_size={model_size}",
+         f"--variant={kind}", f"--sparsity={sparsity}",
+         f"--num_train_speakers={num_train_speakers}", f"--cache_dir={cache_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(args) -> dict:
+    train, test = data_lib.load_corpora(data_lib.CorpusConfig(
+        cache_dir=args.cache_dir, num_train_speakers=args.num_train_speakers,
+        num_test_speakers=2))
+    task = task_lib.AsrTask(train, test, task_lib.AsrTaskConfig(model_size=args.model_size))
+    clients = task.train_client_ids[:args.clients]
+    data = [task.client_dataset(c, training=True, seed=i).repeat(args.client_epochs)
+            for i, c in enumerate(clients)]
+    compactor = compaction.ConformerCompactor(task.model_config, text.VOCAB_SIZE)
+    pruned = [p for p in PRUNED if not args.quick or p[0] in QUICK]
+    with runtime.local_runtime(log_dir=os.path.join(args.work_dir, "logs")):
+        dense_built = process_lib.build_federated_pruning_process(
+            task, config_lib.PruningConfig(scheme="none"), _optimizer(),
+            tff.learning.optimizers.build_sgdm(1.0))
+        variants = [_process_variant("dense (ours, --pruning=none)", dense_built, None,
+                                     0.0, "dense", data)]
+        if not args.quick:
+            variants += [_fed_avg_variant(task, data), _plain_loop_variant(task, data)]
+        for name, scheme, sparsity, client_model, _ in pruned:
+            built = process_lib.build_federated_pruning_process(
+                task, _pruning(scheme, sparsity), _optimizer(),
+                tff.learning.optimizers.build_sgdm(1.0))
+            rounds = compact_rounds.CompactRounds(
+                built, compactor if client_model == "compact"
+                else compact_rounds.FullSizeModel(task.build_model))
+            variants.append(_process_variant(name, built, rounds, sparsity,
+                                             client_model, data))
+        for _ in range(args.repeats):
+            for variant in variants:
+                variant.seconds.append(variant.run(data))
+    rows = []
+    dense = variants[0]
+    dense_down, dense_up = experiment.round_wire_bytes(dense.client_work)
+    costs = {}
+    for variant in variants:
+        row = {"variant": variant.name,
+               "round_seconds_median": float(np.median(variant.seconds)),
+               "round_vs_dense": float(np.median(variant.seconds) / np.median(dense.seconds))}
+        if variant.client_work is not None:
+            down, up = experiment.round_wire_bytes(variant.client_work)
+            row.update(bytes_down=down, bytes_up=up, down_vs_dense=down / dense_down,
+                       up_vs_dense=up / dense_up)
+        if variant.client_work is not None and not args.skip_client_cost:
+            key = (variant.model_kind, variant.sparsity)
+            if key not in costs:
+                costs[key] = client_cost(args.model_size, variant.model_kind,
+                                         variant.sparsity, args.num_train_speakers,
+                                         args.cache_dir)
+            row.update({k: costs[key][k] for k in
+                        ("params", "step_flops", "peak_rss_mib", "training_rss_growth_mib")})
+        rows.append(row)
+    if "step_flops" in rows[0]:
+        for row in rows:
+            if "step_flops" in row:
+                row["flops_vs_dense"] = row["step_flops"] / rows[0]["step_flops"]
+                row["peak_rss_vs_dense"] = row["peak_rss_mib"] / rows[0]["peak_rss_mib"]
+    return {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "model_size": args.model_size, "clients": args.clients,
+            "client_epochs": args.client_epochs, "repeats": args.repeats,
+            "goals": {name: goal for name, _, _, _, goal in PRUNED if goal},
+            "rows": rows}
+
+
+def _fmt(value, pattern):
+    return "—" if value is None else format(value, pattern)
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# Round costs: `{result['model_size']}` model, {result['clients']} clients × "
+        f"{result['client_epochs']} local epoch(s), median of {result['repeats']} rounds",
+        "",
+        f"Measured {result['date']} on {result['cpus']} CPU cores ({result['machine']}) by "
+        "`python -m bench.round_costs`; every figure vs dense is a ratio measured in the same "
+        "run. Bytes: per client, from the round computations' TFF types. FLOPs: one local "
+        "training step on a real batch (TF profiler). Peak RSS: one client's local training "
+        "alone in its own process (`bench.client_cost`; TF itself is most of it).",
+        "",
+        "| variant | round s | round vs dense | bytes down | bytes up | down vs dense "
+        "| up vs dense | params | step GFLOPs | FLOPs vs dense | peak RSS MiB | RSS vs dense |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['round_seconds_median']:.2f} | {r['round_vs_dense']:.2f}× "
+            f"| {_fmt(r.get('bytes_down'), ',')} | {_fmt(r.get('bytes_up'), ',')} "
+            f"| {_fmt(r.get('down_vs_dense'), '.3f')} | {_fmt(r.get('up_vs_dense'), '.3f')} "
+            f"| {_fmt(r.get('params'), ',')} "
+            f"| {_fmt(r['step_flops'] / 1e9 if 'step_flops' in r else None, '.2f')} "
+            f"| {_fmt(r.get('flops_vs_dense'), '.2f')} | {_fmt(r.get('peak_rss_mib'), '.0f')} "
+            f"| {_fmt(r.get('peak_rss_vs_dense'), '.2f')} |")
+    lines += ["", "## Goals (issue 9)", ""]
+    by_name = {r["variant"]: r for r in result["rows"]}
+    for name, goal in result["goals"].items():
+        if name in by_name:
+            r = by_name[name]
+            worst = max(r["down_vs_dense"], r["up_vs_dense"])
+            lines.append(f"* {name}: bytes ≤ {goal}× dense: {worst:.3f}× — "
+                         f"{'met' if worst <= goal else 'missed'}")
+    for name, goals in GOALS.items():
+        if name in by_name:
+            r = by_name[name]
+            if "round" in goals:
+                lines.append(f"* {name}: round time ≤ {goals['round']}× dense: "
+                             f"{r['round_vs_dense']:.2f}× — "
+                             f"{'met' if r['round_vs_dense'] <= goals['round'] else 'missed'}")
+            if "flops" in goals and "flops_vs_dense" in r:
+                lines.append(f"* {name}: FLOPs ≤ {goals['flops']}× dense: "
+                             f"{r['flops_vs_dense']:.2f}× — "
+                             f"{'met' if r['flops_vs_dense'] <= goals['flops'] else 'missed'}")
+    if "TFF build_weighted_fed_avg" in by_name:
+        ours = by_name["dense (ours, --pruning=none)"]["round_seconds_median"]
+        for name, goal in (("TFF build_weighted_fed_avg", 1.10), ("plain TF loop (no TFF)", 1.3)):
+            ratio = ours / by_name[name]["round_seconds_median"]
+            lines.append(f"* ours (`--pruning=none`) ≤ {goal}× {name}: {ratio:.2f}× — "
+                         f"{'met' if ratio <= goal else 'missed'}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_size", default="small")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--client_epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--num_train_speakers", type=int, default=200)
+    parser.add_argument("--cache_dir", default=data_lib.DEFAULT_CACHE_DIR)
+    parser.add_argument("--quick", action="store_true",
+                        help="one pruned variant, no baselines (a smoke run)")
+    parser.add_argument("--skip_client_cost", action="store_true")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "round_costs"),
+                        help="path without extension: writes .md and .json")
+    parser.add_argument("--work_dir", default="/tmp/tff_prune_bench")
+    args = parser.parse_args(argv)
+    result = run(args)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    with open(args.out + ".md", "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

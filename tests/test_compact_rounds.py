@@ -1,0 +1,154 @@
+"""Compact-model rounds on the micro model, through the real TFF runtime.
+
+One process (structured column pruning to 50% after round 1) is traced once;
+the tests read the compact round's own parts: the model clients receive, the
+deltas they send, and the server's scatter of them into its dense state.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tasks.asr import text
+from tff_prune import client_model
+from tff_prune import compact_rounds
+from tff_prune import config as config_lib
+from tff_prune import process as process_lib
+from tff_prune import wire
+from tff_prune import wrappers
+from tff_prune.export import compaction
+from tff_prune.pruning import schedule as schedule_lib
+
+_CACHE = {}
+
+
+def _datasets(task, round_num, repeat=1):
+    return [task.client_dataset(c, training=True, seed=round_num * 10 + i).repeat(repeat)
+            for i, c in enumerate(task.train_client_ids[:3])]
+
+
+@pytest.fixture(scope="module")
+def switched(micro_task, tff_runtime):
+    """(built, rounds, state): the state right after the first mask update."""
+    if "switched" not in _CACHE:
+        pruning = config_lib.PruningConfig(
+            scheme="structured", structure="column",
+            schedule=schedule_lib.PruningSchedule(
+                kind="constant", target_sparsity=0.5, begin_round=1, end_round=1,
+                every_rounds=1, refine_rounds=0))
+        built = process_lib.build_federated_pruning_process(
+            # SGD: Adam would turn the rounding noise of gradients that are
+            # zero in exact arithmetic (the key bias: softmax ignores it) into
+            # full-size steps, in either model.
+            micro_task, pruning, tff.learning.optimizers.build_sgdm(0.1),
+            tff.learning.optimizers.build_sgdm(1.0))
+        rounds = compact_rounds.CompactRounds(built, compaction.ConformerCompactor(
+            micro_task.model_config, text.VOCAB_SIZE))
+        state = built.process.initialize()
+        assert rounds.plan(state) is None  # nothing pruned yet: a masked round
+        state = rounds.next(state, _datasets(micro_task, 1)).state
+        _CACHE["switched"] = (built, rounds, state)
+    return _CACHE["switched"]
+
+
+def _batch(task):
+    return next(iter(task.client_dataset(task.test_client_ids[0], training=False)))
+
+
+def test_compact_model_computes_the_masked_models_logits(micro_task, switched):
+    built, rounds, state = switched
+    plan = rounds.plan(state)
+    assert plan is not None
+    arch = rounds.architecture(plan)
+    dense_params = sum(int(np.prod(s)) for s in built.index.trainable_shapes)
+    compact_params = sum(g.size for g in plan.gather)
+    assert compact_params < 0.8 * dense_params  # physically smaller
+
+    masked = built.model_fn()
+    built.process.get_model_weights(state).assign_weights_to(masked)
+    received = arch.wire(state.global_model_weights, plan.tensors())
+    compact = arch.model_fn()
+    weights = client_model.from_wire(received, arch.index,
+                                     wrappers.model_weights_type(compact), sparse=True)
+    weights.assign_weights_to(compact)
+    batch = _batch(micro_task)
+    features, lengths = batch[0]["features"], batch[0]["feature_lengths"]
+    diff = compaction.max_logit_difference(masked, compact, features, lengths)
+    assert diff < 1e-4, diff
+
+
+def test_scattered_compact_delta_is_the_masked_delta_exactly(micro_task, switched):
+    built, rounds, state = switched
+    plan = rounds.plan(state)
+    data = _datasets(micro_task, 2)
+    # The masked round's own client work on the same state and data.
+    received = built.to_wire(state.global_model_weights)
+    masked_updates = built.client_work.next(state.client_work, [received] * len(data),
+                                            data).result
+    arch = rounds.architecture(plan)
+    compact_received = arch.wire(state.global_model_weights, plan.tensors())
+    compact_updates = arch.client_work.next(state.client_work,
+                                            [compact_received] * len(data), data).result
+    source = plan.source
+    shapes = built.index.trainable_shapes
+    for masked_update, compact_update in zip(masked_updates, compact_updates):
+        delta = [np.asarray(d) for d in masked_update.update["delta"]]
+        # Gathering the masked delta into the compact layout and scattering it
+        # back loses nothing: every coordinate the masked client trained is in
+        # the compact model.
+        gathered = compact_rounds.gather_compact(delta, plan.tensors(), source)
+        back = compact_rounds.scatter_compact(gathered, plan.tensors(), source, shapes)
+        for a, b in zip(back, delta):
+            np.testing.assert_array_equal(np.asarray(a), b)
+        # And the compact client trained what the masked one did.
+        scattered = compact_rounds.scatter_sent_delta(
+            [tf.constant(d) for d in compact_update.update["delta"]], plan.tensors(),
+            arch.index.kernel_index, source, shapes)
+        assert max(float(np.max(np.abs(d))) for d in delta) > 1e-2
+        for a, b in zip(scattered, delta):
+            np.testing.assert_allclose(np.asarray(a), b, atol=1e-5)
+        assert compact_update.update_weight == masked_update.update_weight
+
+
+def test_compact_round_moves_fewer_bytes_and_trains(micro_task, switched):
+    built, rounds, state = switched
+    plan = rounds.plan(state)
+    arch = rounds.architecture(plan)
+    down = wire.type_bytes(arch.client_work.next.type_signature.parameter[1])
+    up = wire.type_bytes(arch.client_work.next.type_signature.result.result)
+    masked_down = wire.type_bytes(built.client_work.next.type_signature.parameter[1])
+    masked_up = wire.type_bytes(built.client_work.next.type_signature.result.result)
+    assert down < 0.8 * masked_down and up < 0.8 * masked_up
+    output = rounds.next(state, _datasets(micro_task, 2))
+    assert float(output.metrics["client_work"]["train"]["num_examples"]) > 0
+    before = [np.asarray(t) for t in state.global_model_weights.trainable]
+    after = [np.asarray(t) for t in output.state.global_model_weights.trainable]
+    assert any(np.any(a != b) for a, b in zip(after, before))
+
+
+def _nbytes(value) -> int:
+    return sum(np.asarray(t).nbytes for t in tf.nest.flatten(
+        tff.structure.to_odict_or_tuple(value) if isinstance(value, tff.structure.Struct)
+        else value))
+
+
+def test_reported_bytes_are_the_bytes_of_the_values_that_cross_the_wire(micro_task, switched):
+    # `round_wire_bytes` (what metrics.csv records) against the values
+    # themselves: what the server broadcasts and what each client returns,
+    # in a masked round and in a compact one.
+    from tff_prune import experiment
+    built, rounds, state = switched
+    plan = rounds.plan(state)
+    arch = rounds.architecture(plan)
+    data = _datasets(micro_task, 3)[:1]
+    for client_work, received in (
+            (built.client_work, built.to_wire(state.global_model_weights)),
+            (arch.client_work, arch.wire(state.global_model_weights, plan.tensors()))):
+        down, up = experiment.round_wire_bytes(client_work)
+        assert _nbytes(received) == down
+        result = client_work.next(state.client_work, [received], data).result[0]
+        assert _nbytes((result.update, result.update_weight)) == up
+    # Dense FedAvg's figure: the full model's float32 weights.
+    assert experiment.dense_bytes_per_client(built.index) == 4 * sum(
+        int(np.prod(s)) for s in built.index.trainable_shapes)
