@@ -47,6 +47,7 @@ test: venv
 
 bench: venv
 	$(VPY) -m bench.export_sizes
+	$(VPY) -m bench.round_costs
 
 clean-venv:
 	rm -rf $(VENV)

@@ -35,7 +35,6 @@ import tensorflow as tf
 import tff_prune.runtime  # noqa: F401  (TFF's default context must never start a worker)
 from tasks.asr import data as data_lib
 from tasks.asr import task as task_lib
-from tasks.asr import text
 from tff_prune import wrappers
 from tff_prune.export import compaction
 from tff_prune.export import masking

@@ -26,7 +26,6 @@ one subprocess per variant. Results: `bench/results/round_costs.{md,json}`.
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import json
 import os

@@ -44,7 +44,7 @@ def test_column_removes_whole_units_with_incoming_outgoing_and_bias(wrapped):
     # ... and its outgoing row goes with it, and so does its bias.
     np.testing.assert_array_equal(np.all(ff_out == 0, axis=1), removed)
     bias = wrappers.weight_masks(_non_trainable_with(index, masks), index,
-                                    len(index.trainable_keys), mask_biases=True)
+                                 len(index.trainable_keys), mask_biases=True)
     bias_mask = bias[index.bias_index[index.keys.index("block0_ff1_in/kernel")]].numpy()
     np.testing.assert_array_equal(bias_mask == 0, removed)
     # Q and K lose the same dimensions (the q.k product).

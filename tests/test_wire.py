@@ -45,3 +45,16 @@ def test_type_bytes_counts_every_tensor_of_a_structure():
     assert wire.type_bytes(tff.FederatedType(value_type, tff.CLIENTS)) == 74
     with pytest.raises(ValueError):
         wire.type_bytes(tff.TensorType(np.float32, [None]))
+
+
+def test_kept_values_round_trip_exactly_to_the_masked_tensor():
+    from tff_prune import client_model
+    rng = np.random.default_rng(1)
+    value = rng.normal(size=(6, 5)).astype(np.float32)
+    mask = (rng.random((6, 5)) < 0.3).astype(np.float32)
+    count = int(mask.sum())
+    sent = client_model.kept_values(tf.constant(value), tf.constant(mask), count)
+    assert sent.shape == (count,)
+    np.testing.assert_array_equal(sent.numpy(), value[mask > 0])  # row-major
+    back = client_model.from_kept_values(sent, tf.constant(mask)).numpy()
+    np.testing.assert_array_equal(back, value * mask)

@@ -133,7 +133,7 @@ def build_pruning_client_work(
                               initial_weights)
         trainable = list(model_weights.trainable)
         masks = wrappers.weight_masks(list(initial_weights.non_trainable), index,
-                             len(trainable), mask_biases)
+                                      len(trainable), mask_biases)
         dense_kernels = [initial_weights.trainable[i] for i in index.kernel_index]
         # Clients see only the masked model.
         for v, masked in zip(trainable, wrappers.apply_weight_masks(trainable, masks)):

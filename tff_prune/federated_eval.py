@@ -37,7 +37,7 @@ def build_federated_evaluation(
         model_weights = tff.learning.models.ModelWeights.from_model(model)
         tf.nest.map_structure(lambda v, t: v.assign(t), model_weights, weights)
         masks = wrappers.weight_masks(list(weights.non_trainable), index,
-                                         len(model_weights.trainable), mask_biases)
+                                      len(model_weights.trainable), mask_biases)
         for v, masked in zip(model_weights.trainable,
                              wrappers.apply_weight_masks(model_weights.trainable, masks)):
             v.assign(masked)

@@ -56,7 +56,7 @@ def build_pruning_finalizer(
         trainable = list(weights.trainable)
         non_trainable = list(weights.non_trainable)
         masks = wrappers.weight_masks(non_trainable, index, len(trainable),
-                                         pruning.masks_biases)
+                                      pruning.masks_biases)
         opt_state, stepped = server_optimizer.next(
             state["optimizer"], tuple(trainable), tuple(update["delta"]))
         # Pruned coordinates keep their dense value (momentum must not move them).

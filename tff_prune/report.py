@@ -255,7 +255,10 @@ def recorded_bytes_per_round(exp: Experiment) -> Optional[int]:
 
 def wire_vs_dense(exp: Experiment) -> Optional[float]:
     """Recorded bytes down + up per client over the run, as a fraction of
-    what dense FedAvg of the full model moves; None when not recorded."""
+    what dense FedAvg of the full model moves; None when not recorded
+    (and for centralized runs, which move nothing)."""
+    if exp.centralized:
+        return None
     rows = _recorded_wire_rows(exp)
     if not rows:
         return None

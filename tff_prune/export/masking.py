@@ -43,7 +43,7 @@ def apply_magnitude_masks(model: tf.keras.Model, scheme: str, sparsity: float,
     for pos, mask in zip(index.mask_index, masks):
         non_trainable[pos] = mask
     per_weight = wrappers.weight_masks(non_trainable, index, len(index.trainable_keys),
-                                          pruning.masks_biases)
+                                       pruning.masks_biases)
     masked = [(_variable(model, key), m)
               for key, m in zip(index.trainable_keys, per_weight) if m is not None]
     variables = [v for v, _ in masked]
