@@ -62,9 +62,13 @@ def _method_label(exp: Experiment) -> str:
 
 def _plot_curves(ax, experiments: list[Experiment], colors: dict[str, str],
                  x_label: str) -> None:
+    # Runs of one method share its color; their line styles tell them apart.
+    seen: dict[str, int] = {}
     for exp in experiments:
+        nth = seen[exp.method] = seen.get(exp.method, -1) + 1
         ax.plot([p.step for p in exp.curve], [p.wer for p in exp.curve],
-                marker="o", markersize=3, color=colors[exp.method], label=exp.name)
+                marker="o", markersize=3, color=colors[exp.method], label=exp.name,
+                linestyle=("-", "--", ":", "-.")[nth % 4])
     ax.set_xlabel(x_label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("held-out WER")
