@@ -18,12 +18,17 @@ stays masked in the compact model and travels as a mask bit). This
 `CompactPlan` is derived from the masks alone, never from trained values.
 
 The round is one `tff.federated_computation` per architecture (the compact
-widths and shapes), built when that architecture first appears and reused
-while it lasts; the plan (gather indices and the compact masks) is a
-server-placed argument, so a mask update that keeps the shapes reuses the
-same computation. Everything that crosses the wire is typed by it: the
-compact model in the wire form of `tff_prune.client_model` down, the
-compact delta up.
+widths and shapes, and how many weights each compact kernel keeps), built
+when that architecture first appears and reused while it lasts; the plan
+(gather indices and the compact masks) is a server-placed argument, so a
+mask update that keeps the shapes reuses the same computation. Everything
+that crosses the wire is typed by it: the compact model in the sparse wire
+form of `tff_prune.client_model` down (each kernel's kept values and its
+mask bits), the compact delta's kept values up.
+
+With `FullSizeModel` as the compactor nothing is cut: the same machinery
+runs masked rounds of the full-size model over the sparse wire (schemes
+with no unit to cut, or `--client_model=masked`).
 
 Compact rounds need the clients to know nothing about pruned weights, so
 they run with magnitude importance and the `server` or `fixed` policy;

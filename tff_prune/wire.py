@@ -24,7 +24,8 @@ def type_bytes(value_type: tff.types.Type) -> int:
     if isinstance(value_type, tff.TensorType):
         if value_type.shape is None or any(d is None for d in value_type.shape):
             raise ValueError(f"{value_type} has no fixed size")
-        return int(np.prod(value_type.shape, dtype=np.int64)) * np.dtype(value_type.dtype).itemsize
+        elements = int(np.prod(value_type.shape, dtype=np.int64))
+        return elements * np.dtype(value_type.dtype).itemsize
     if isinstance(value_type, tff.StructType):
         return sum(type_bytes(t) for _, t in tff.structure.iter_elements(value_type))
     raise ValueError(f"no fixed size for a value of type {value_type}")
