@@ -23,14 +23,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_prune import wrappers
 from tff_prune.pruning import masks as masks_lib
-
-
-def _as_nest(value):
-    """TFF passes unnamed-container structs as `tff.structure.Struct`."""
-    if isinstance(value, tff.structure.Struct):
-        return tff.structure.to_odict_or_tuple(value)
-    return value
 
 
 def _struct_field(struct_type: tff.types.StructType, name: str) -> tff.types.Type:
@@ -68,8 +62,8 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
         clip_norm = self._clip_norm
 
         def weigh_fn(values, masks, weight):
-            values = _as_nest(values)
-            masks = _as_nest(masks) if has_masks else tf.nest.map_structure(
+            values = wrappers.as_nest(values)
+            masks = wrappers.as_nest(masks) if has_masks else tf.nest.map_structure(
                 lambda v: tf.constant(1.0), values)
             weight = tf.cast(weight, tf.float32)
             kept = tf.nest.map_structure(masks_lib.mask_weight, values, masks)
@@ -92,12 +86,12 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
 
         @tff.tensorflow.computation(values_type, masks_type)
         def divide(numerators, denominators):
-            numerators = _as_nest(numerators)
+            numerators = wrappers.as_nest(numerators)
             if not has_masks:
                 return tf.nest.map_structure(
                     lambda n: tf.math.divide_no_nan(n, tf.cast(denominators, n.dtype)),
                     numerators)
-            denominators = _as_nest(denominators)
+            denominators = wrappers.as_nest(denominators)
             return tf.nest.map_structure(
                 lambda n, d: tf.math.divide_no_nan(n, tf.cast(d, n.dtype)),
                 numerators, denominators)

@@ -35,8 +35,9 @@ from tff_prune import wrappers
 from tff_prune.pruning import bitpack
 
 
-def _other_positions(index: wrappers.PrunableWeightIndex, num_non_trainable: int
-                     ) -> tuple[int, ...]:
+def other_positions(index: wrappers.PrunableWeightIndex, num_non_trainable: int
+                    ) -> tuple[int, ...]:
+    """Non-trainable positions that hold neither a mask nor a pruning step."""
     special = set(index.mask_index) | set(index.step_index)
     return tuple(i for i in range(num_non_trainable) if i not in special)
 
@@ -85,7 +86,7 @@ def to_wire(weights: tff.learning.models.ModelWeights,
         trainable=tuple(trainable),
         masks=tuple(bitpack.pack_mask(non_trainable[i]) for i in index.mask_index),
         round=round_num,
-        other=tuple(non_trainable[i] for i in _other_positions(index, len(non_trainable))))
+        other=tuple(non_trainable[i] for i in other_positions(index, len(non_trainable))))
 
 
 def from_wire(value: Any, index: wrappers.PrunableWeightIndex,
@@ -93,8 +94,7 @@ def from_wire(value: Any, index: wrappers.PrunableWeightIndex,
               ) -> tff.learning.models.ModelWeights:
     """The client's `ModelWeights` (of `weights_type`) from a `to_wire` value
     (`sparse`: in the sparse form)."""
-    if isinstance(value, tff.structure.Struct):
-        value = tff.structure.to_odict_or_tuple(value)
+    value = wrappers.as_nest(value)
     specs = list(weights_type.non_trainable)
     non_trainable: list = [None] * len(specs)
     for packed, pos in zip(value["masks"], index.mask_index):
@@ -102,7 +102,7 @@ def from_wire(value: Any, index: wrappers.PrunableWeightIndex,
             packed, specs[pos].shape, tf.as_dtype(specs[pos].dtype))
     for pos in index.step_index:
         non_trainable[pos] = tf.cast(value["round"], tf.as_dtype(specs[pos].dtype))
-    for v, pos in zip(value["other"], _other_positions(index, len(specs))):
+    for v, pos in zip(value["other"], other_positions(index, len(specs))):
         non_trainable[pos] = v
     trainable = list(value["trainable"])
     if sparse:

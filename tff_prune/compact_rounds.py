@@ -52,7 +52,6 @@ from tff_prune import client_model
 from tff_prune import client_work as client_work_lib
 from tff_prune import config as config_lib
 from tff_prune import wrappers
-from tff_prune.pruning import bitpack
 
 # Float32 holds every integer up to 2**24 exactly: the index model's limit.
 _MAX_INDEXED_PARAMS = 2 ** 24
@@ -232,12 +231,6 @@ def scatter_sent_delta(sent: Sequence[tf.Tensor], plan: Any, kernel_index: Seque
     return scatter_compact(compact, plan, source, dense_shapes)
 
 
-def _as_nest(value):
-    if isinstance(value, tff.structure.Struct):
-        return tff.structure.to_odict_or_tuple(value)
-    return value
-
-
 @dataclasses.dataclass
 class CompactArchitecture:
     """The round computation of one architecture, and what it carries."""
@@ -329,30 +322,38 @@ class CompactRounds:
         source = plan.source
         dense_shapes = built.index.trainable_shapes
         dense_index = built.index
-        # Non-trainable weights other than masks and steps (tfmot's threshold
-        # scalars) come from the dense layer of the same name.
-        dense_names = [v.name for v in built.model_fn().non_trainable_weights]
-        other = [dense_names.index(v.name) for i, v in enumerate(model.non_trainable_weights)
-                 if i not in set(index.mask_index) | set(index.step_index)]
+        # The same wrappers in the same layer order: the compact model's other
+        # non-trainable weights (tfmot's threshold scalars) are the dense ones.
+        num_non_trainable = len(model.non_trainable_weights)
+        compact_other = client_model.other_positions(index, num_non_trainable)
+        dense_other = client_model.other_positions(
+            dense_index, len(dense_type.non_trainable))
+        if len(compact_other) != len(dense_other):
+            raise ValueError("the compact model's wrappers differ from the dense model's")
 
         @tff.tensorflow.computation(dense_type, plan_type)
         def wire(weights, plan_value):
-            plan_value = _as_nest(plan_value)
-            compact = gather_compact(list(weights.trainable), plan_value, source)
-            kernel_masks = [plan_value["valid"][i] for i in index.kernel_index]
-            return collections.OrderedDict(
-                trainable=tuple(client_model.sparse_kernels(
-                    compact, index, kernel_masks, kept_counts)),
-                masks=tuple(bitpack.pack_mask(plan_value["valid"][i])
-                            for i in index.kernel_index),
-                round=tf.cast(weights.non_trainable[dense_index.step_index[0]], tf.int64),
-                other=tuple(weights.non_trainable[i] for i in other))
+            plan_value = wrappers.as_nest(plan_value)
+            # The compact model's ModelWeights: gathered weights, its masks
+            # (the plan's), the dense round; sent in the one wire form.
+            non_trainable = [None] * num_non_trainable
+            for mask_pos, kernel_pos in zip(index.mask_index, index.kernel_index):
+                non_trainable[mask_pos] = plan_value["valid"][kernel_pos]
+            for pos in index.step_index:
+                non_trainable[pos] = weights.non_trainable[dense_index.step_index[0]]
+            for c, d in zip(compact_other, dense_other):
+                non_trainable[c] = weights.non_trainable[d]
+            compact = tff.learning.models.ModelWeights(
+                trainable=gather_compact(list(weights.trainable), plan_value, source),
+                non_trainable=non_trainable)
+            return client_model.to_wire(compact, index, pruning.masks_biases,
+                                        dense_values=False, kept_counts=kept_counts)
 
         update_type = aggregator.next.type_signature.result.result.member
 
         @tff.tensorflow.computation(update_type, plan_type)
         def scatter(update, plan_value):
-            update, plan_value = _as_nest(update), _as_nest(plan_value)
+            update, plan_value = wrappers.as_nest(update), wrappers.as_nest(plan_value)
             return collections.OrderedDict(delta=tuple(scatter_sent_delta(
                 list(update["delta"]), plan_value, index.kernel_index, source,
                 dense_shapes)))

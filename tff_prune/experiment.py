@@ -416,9 +416,9 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
             row = {
                 "round": round_num,
                 "phase": schedule.phase(round_num) if config.pruning.enabled else "dense",
-                "client_model": ("compact" if rounds is not None and rounds.compacts
-                                 and round_client_work is not built.client_work
-                                 else "masked"),
+                # Compact once a compact round ran; the full-size model before.
+                "client_model": ("compact" if round_client_work is not built.client_work
+                                 and rounds.compacts else "masked"),
                 "train_loss": _scalar(train["loss_sum"]) / max(_scalar(train["num_examples"]), 1),
                 "num_examples": _scalar(train["num_examples"]),
                 "sparsity": _scalar(fin["sparsity"]) if "sparsity" in fin else 0.0,

@@ -229,3 +229,11 @@ def tff_type(structure) -> tff.types.Type:
     """TFF type of a structure of `tf.TensorSpec`s, tensors or variables."""
     return tff.types.to_type(tf.nest.map_structure(
         lambda v: tff.TensorType(v.dtype.as_numpy_dtype, v.shape.as_list()), structure))
+
+
+def as_nest(value):
+    """A value TFF passes in as `tff.structure.Struct` (unnamed containers),
+    as the Python nest `tf.nest` works on; other values as they are."""
+    if isinstance(value, tff.structure.Struct):
+        return tff.structure.to_odict_or_tuple(value)
+    return value
