@@ -48,6 +48,10 @@ test: venv
 bench: venv
 	$(VPY) -m bench.export_sizes
 	$(VPY) -m bench.round_costs
+	$(VPY) -m bench.round_costs --orchestration_only --repeats=10 --skip_client_cost \
+	  --out=bench/results/orchestration
+	$(VPY) -m bench.pruning_overhead
+	$(VPY) -m bench.scaling
 
 clean-venv:
 	rm -rf $(VENV)

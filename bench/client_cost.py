@@ -12,8 +12,8 @@ Measures the model a client actually trains:
 
 Masks come from one magnitude decision at ``--sparsity`` (column structure,
 uniform), as in `bench.export_sizes`; training values do not change sizes.
-FLOPs: TensorFlow's profiler on the graph of one training step (forward,
-loss and gradients) on a real batch of one client. Peak memory: this
+FLOPs: `tff_prune.client_cost.training_step_flops` (TensorFlow's profiler
+on the graph of one training step) on a real batch of one client. Peak memory: this
 process's peak RSS (``VmHWM``) after ``--steps`` local Adam steps, and
 its growth over the RSS before the first step (model built, data ready), so
 that it runs alone in its own process (`bench.round_costs` starts one per
@@ -35,6 +35,7 @@ import tensorflow as tf
 import tff_prune.runtime  # noqa: F401  (TFF's default context must never start a worker)
 from tasks.asr import data as data_lib
 from tasks.asr import task as task_lib
+from tff_prune import client_cost
 from tff_prune import wrappers
 from tff_prune.export import compaction
 from tff_prune.export import masking
@@ -76,21 +77,6 @@ def client_model(task: task_lib.AsrTask, variant: str, sparsity: float
     return wrapped, masks
 
 
-def step_flops(task: task_lib.AsrTask, model: tf.keras.Model, batch) -> int:
-    """Float operations of one training step (loss and gradients) on `batch`."""
-    @tf.function
-    def step(b):
-        with tf.GradientTape() as tape:
-            loss, _ = task.batch_loss(model, b, training=True)
-        return tape.gradient(loss, model.trainable_weights)
-
-    spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
-    graph = step.get_concrete_function(spec).graph
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    return int(tf.compat.v1.profiler.profile(graph, options=options).total_float_ops)
-
-
 def measure(model_size: str, variant: str, sparsity: float, steps: int,
             num_train_speakers: int, cache_dir: str) -> dict:
     train, test = data_lib.load_corpora(data_lib.CorpusConfig(
@@ -100,7 +86,7 @@ def measure(model_size: str, variant: str, sparsity: float, steps: int,
     batches = list(task.client_dataset(task.train_client_ids[0], training=True).repeat()
                    .take(steps))
     model, masks = client_model(task, variant, sparsity)
-    flops = step_flops(task, model, batches[0])
+    flops = client_cost.training_step_flops(task, model, batches[0])
     optimizer = tf.keras.optimizers.Adam(3e-3)
 
     @tf.function

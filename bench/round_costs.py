@@ -25,14 +25,10 @@ one subprocess per variant. Results: `bench/results/round_costs.{md,json}`.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3")
 
@@ -41,8 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tasks.asr import data as data_lib
-from tasks.asr import task as task_lib
+from bench import common
 from tasks.asr import text
 from tff_prune import compact_rounds
 from tff_prune import config as config_lib
@@ -53,8 +48,8 @@ from tff_prune import variable_model
 from tff_prune.export import compaction
 from tff_prune.pruning import schedule as schedule_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(REPO, "bench", "results")
+REPO = common.REPO
+Variant = common.Variant
 
 # (name, scheme, sparsity, client model, goal on bytes (down and up) vs dense)
 PRUNED = (
@@ -73,28 +68,13 @@ GOALS = {  # the issue's goals, vs dense (round time, FLOPs) at each sparsity
 }
 
 
-def _optimizer():
-    return tff.learning.optimizers.build_adam(3e-3)
+_optimizer = common.client_optimizer
 
 
 def _pruning(scheme: str, sparsity: float) -> config_lib.PruningConfig:
     return config_lib.PruningConfig(scheme=scheme, structure="column", schedule=(
         schedule_lib.PruningSchedule(kind="constant", target_sparsity=sparsity, begin_round=1,
                                      end_round=1, every_rounds=1, refine_rounds=0)))
-
-
-class Variant:
-    """One way to run a round, with its state."""
-
-    def __init__(self, name, step, client_work=None, sparsity=0.0, model_kind="dense"):
-        self.name, self.step, self.client_work = name, step, client_work
-        self.sparsity, self.model_kind = sparsity, model_kind
-        self.seconds: list[float] = []
-
-    def run(self, data) -> float:
-        start = time.perf_counter()
-        self.step(data)
-        return time.perf_counter() - start
 
 
 def _process_variant(name, built, rounds, sparsity, kind, data):
@@ -177,15 +157,11 @@ def client_cost(model_size, kind, sparsity, num_train_speakers, cache_dir) -> di
 
 
 def run(args) -> dict:
-    train, test = data_lib.load_corpora(data_lib.CorpusConfig(
-        cache_dir=args.cache_dir, num_train_speakers=args.num_train_speakers,
-        num_test_speakers=2))
-    task = task_lib.AsrTask(train, test, task_lib.AsrTaskConfig(model_size=args.model_size))
-    clients = task.train_client_ids[:args.clients]
-    data = [task.client_dataset(c, training=True, seed=i).repeat(args.client_epochs)
-            for i, c in enumerate(clients)]
+    task = common.load_task(args.model_size, args.num_train_speakers, args.cache_dir)
+    data = common.cohort_data(task, args.clients, args.client_epochs)
     compactor = compaction.ConformerCompactor(task.model_config, text.VOCAB_SIZE)
-    pruned = [p for p in PRUNED if not args.quick or p[0] in QUICK]
+    pruned = ([] if args.orchestration_only else
+              [p for p in PRUNED if not args.quick or p[0] in QUICK])
     with runtime.local_runtime(log_dir=os.path.join(args.work_dir, "logs")):
         dense_built = process_lib.build_federated_pruning_process(
             task, config_lib.PruningConfig(scheme="none"), _optimizer(),
@@ -203,9 +179,7 @@ def run(args) -> dict:
                 else compact_rounds.FullSizeModel(task.build_model))
             variants.append(_process_variant(name, built, rounds, sparsity,
                                              client_model, data))
-        for _ in range(args.repeats):
-            for variant in variants:
-                variant.seconds.append(variant.run(data))
+        common.time_round_robin(variants, data, args.repeats)
     rows = []
     dense = variants[0]
     dense_down, dense_up = experiment.round_wire_bytes(dense.client_work)
@@ -232,11 +206,10 @@ def run(args) -> dict:
             if "step_flops" in row:
                 row["flops_vs_dense"] = row["step_flops"] / rows[0]["step_flops"]
                 row["peak_rss_vs_dense"] = row["peak_rss_mib"] / rows[0]["peak_rss_mib"]
-    return {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "model_size": args.model_size, "clients": args.clients,
-            "client_epochs": args.client_epochs, "repeats": args.repeats,
-            "goals": {name: goal for name, _, _, _, goal in PRUNED if goal},
-            "rows": rows}
+    return common.header({
+        "model_size": args.model_size, "clients": args.clients,
+        "client_epochs": args.client_epochs, "repeats": args.repeats,
+        "goals": {name: goal for name, _, _, _, goal in PRUNED if goal}, "rows": rows})
 
 
 def _fmt(value, pattern):
@@ -296,27 +269,15 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_size", default="small")
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--client_epochs", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--num_train_speakers", type=int, default=200)
-    parser.add_argument("--cache_dir", default=data_lib.DEFAULT_CACHE_DIR)
+    parser = common.argument_parser(__doc__, "round_costs", repeats=5)
     parser.add_argument("--quick", action="store_true",
                         help="one pruned variant, no baselines (a smoke run)")
     parser.add_argument("--skip_client_cost", action="store_true")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "round_costs"),
-                        help="path without extension: writes .md and .json")
-    parser.add_argument("--work_dir", default="/tmp/tff_prune_bench")
+    parser.add_argument("--orchestration_only", action="store_true",
+                        help="dense, TFF FedAvg and the plain loop only")
     args = parser.parse_args(argv)
     result = run(args)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    common.write_results(result, markdown(result), args.out)
     return 0
 
 

@@ -8,15 +8,23 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_round_costs_quick_writes_its_table(tmp_path):
+@pytest.fixture(scope="module")
+def corpus_cache(tmp_path_factory):
+    """One synthetic corpus cache for the module's bench runs (synthesized once)."""
+    return tmp_path_factory.mktemp("bench_corpus")
+
+
+def test_round_costs_quick_writes_its_table(tmp_path, corpus_cache):
     out = tmp_path / "round_costs"
     result = subprocess.run(
         [sys.executable, "-m", "bench.round_costs", "--quick", "--model_size=micro",
-         "--clients=2", "--repeats=1", "--skip_client_cost",
-         "--num_train_speakers=4", f"--cache_dir={tmp_path / 'corpus'}",
+         "--clients=1", "--repeats=1", "--skip_client_cost",
+         "--num_train_speakers=4", f"--cache_dir={corpus_cache}",
          f"--out={out}", f"--work_dir={tmp_path / 'work'}"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -30,3 +38,40 @@ def test_round_costs_quick_writes_its_table(tmp_path):
     widths = {l.count("|") for l in table}
     assert len(table) == 2 + len(names) and len(widths) == 1
     assert "compact, column 50%: bytes ≤ 0.55× dense" in (tmp_path / "round_costs.md").read_text()
+
+
+def _table_rows(path):
+    table = [l for l in path.read_text().splitlines() if l.startswith("|")]
+    assert len({l.count("|") for l in table}) == 1, table  # one width: well formed
+    return table[2:]
+
+
+def test_pruning_overhead_quick_writes_its_table(tmp_path, corpus_cache):
+    out = tmp_path / "pruning_overhead"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.pruning_overhead", "--quick", "--model_size=micro",
+         "--clients=1", "--repeats=1", "--num_train_speakers=4",
+         f"--cache_dir={corpus_cache}", f"--out={out}",
+         f"--work_dir={tmp_path / 'work'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "pruning_overhead.json").read_text())
+    assert [r["method"] for r in data["rows"]] == ["structured column / server"]
+    assert all(r["error"] is None and r["window_seconds_median"] > 0
+               and r["none_window_seconds_median"] > 0 for r in data["rows"])
+    assert len(_table_rows(tmp_path / "pruning_overhead.md")) == 1
+
+
+def test_scaling_writes_its_table_and_slope(tmp_path, corpus_cache):
+    out = tmp_path / "scaling"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.scaling", "--model_sizes=micro", "--cohorts=1,2",
+         "--repeats=1", "--num_train_speakers=4", f"--cache_dir={corpus_cache}",
+         f"--out={out}", f"--work_dir={tmp_path / 'work'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "scaling.json").read_text())
+    assert [r["cohort"] for r in data["rows"]] == [1, 2]
+    assert all(r["worker_peak_rss_mib"] > 0 for r in data["rows"])
+    assert data["fits"]["micro"]["seconds_per_client"] > 0
+    assert len(_table_rows(tmp_path / "scaling.md")) == 2

@@ -14,6 +14,7 @@ from tasks.asr import text
 from tff_prune import client_model
 from tff_prune import compact_rounds
 from tff_prune import config as config_lib
+from tff_prune import experiment
 from tff_prune import process as process_lib
 from tff_prune import wire
 from tff_prune import wrappers
@@ -137,7 +138,6 @@ def test_reported_bytes_are_the_bytes_of_the_values_that_cross_the_wire(micro_ta
     # `round_wire_bytes` (what metrics.csv records) against the values
     # themselves: what the server broadcasts and what each client returns,
     # in a masked round and in a compact one.
-    from tff_prune import experiment
     built, rounds, state = switched
     plan = rounds.plan(state)
     arch = rounds.architecture(plan)
@@ -152,3 +152,44 @@ def test_reported_bytes_are_the_bytes_of_the_values_that_cross_the_wire(micro_ta
     # Dense FedAvg's figure: the full model's float32 weights.
     assert experiment.dense_bytes_per_client(built.index) == 4 * sum(
         int(np.prod(s)) for s in built.index.trainable_shapes)
+
+
+@pytest.mark.parametrize("scheme,importance,policy", [
+    ("unstructured", "taylor", "server"),
+    ("structured", "magnitude", "client_vote"),
+])
+def test_clients_score_only_before_mask_updates_and_training_is_unchanged(
+        micro_task, tff_runtime, scheme, importance, policy):
+    # Taylor scores and votes decide only the mask update that follows a
+    # round: the other rounds run sparse, without them, and the run must be
+    # the process's own run bit for bit.
+    pruning = config_lib.PruningConfig(
+        scheme=scheme, structure="column", importance=importance, policy=policy,
+        schedule=schedule_lib.PruningSchedule(
+            kind="constant", target_sparsity=0.5, begin_round=2, end_round=2,
+            every_rounds=1, refine_rounds=0))
+    built = process_lib.build_federated_pruning_process(
+        micro_task, pruning, tff.learning.optimizers.build_sgdm(0.1),
+        tff.learning.optimizers.build_sgdm(1.0))
+    rounds = compact_rounds.CompactRounds(
+        built, compact_rounds.FullSizeModel(micro_task.build_model))
+    score_field = "importance" if importance == "taylor" else "vote"
+    reference = ours = built.process.initialize()
+    for round_num in (1, 2, 3):
+        client_work = rounds.client_work_for(ours)
+        sent = dict(tff.structure.iter_elements(
+            client_work.next.type_signature.result.result.member.update))
+        assert (score_field in sent) == (round_num == 2), round_num
+        if round_num != 2:
+            assert client_work is not built.client_work
+            _, up = experiment.round_wire_bytes(client_work)
+            assert up < wire.type_bytes(built.client_work.next.type_signature.result.result)
+        data = _datasets(micro_task, round_num)
+        ours = rounds.next(ours, data).state
+        reference = built.process.next(reference, data).state
+    for a, b in zip(tf.nest.flatten(ours.global_model_weights),
+                    tf.nest.flatten(reference.global_model_weights)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    masks = [np.asarray(ours.global_model_weights.non_trainable[i])
+             for i in built.index.mask_index]
+    assert any(np.any(m == 0) for m in masks)  # the update round pruned

@@ -16,6 +16,7 @@ from tff_prune import config as config_lib
 from tff_prune import process as process_lib
 from tff_prune import variable_model
 from tff_prune import wrappers
+from tff_prune.pruning import bitpack
 from tff_prune.pruning import schedule as schedule_lib
 
 _OPTIMIZERS = {"adam": tff.learning.optimizers.build_adam,
@@ -203,7 +204,14 @@ def test_client_vote_mask_is_decided_by_disagreeing_clients_votes(micro_task, tf
     data = [micro_task.client_dataset(c, training=True, seed=7) for c in clients]
     state = built.process.initialize()
     updates = _client_updates(built, state, data)
-    votes = [[np.asarray(v) for v in u.update["vote"]] for u in updates]
+    # Votes go up bit-packed: one bit per weight.
+    kernel_shapes = [index.trainable_shapes[i] for i in index.kernel_index]
+    for u in updates:
+        assert [np.asarray(v).dtype for v in u.update["vote"]] == [np.uint8] * len(kernel_shapes)
+        assert [np.asarray(v).size for v in u.update["vote"]] == [
+            bitpack.packed_size(np.prod(s)) for s in kernel_shapes]
+    votes = [[bitpack.unpack_mask(v, s).numpy() for v, s in zip(u.update["vote"], kernel_shapes)]
+             for u in updates]
     weights = [float(u.update_weight) for u in updates]
     covered = [index.keys.index(k) for k in decider.covered_keys]
     assert any(not np.array_equal(votes[0][i], votes[1][i]) for i in covered)

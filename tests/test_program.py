@@ -56,8 +56,15 @@ def _worker_pid(proc):
     raise AssertionError("the run has no TFF worker")
 
 
+# FedAdam with a warm-up + cosine server rate and an exponentially decaying
+# client rate: their state and schedules must survive the resumes too.
+OPTIMIZATION = dict(server_optimizer="adam", server_learning_rate=0.01,
+                    server_lr_schedule="warmup_cosine", server_lr_warmup_rounds=1,
+                    client_lr_schedule="exponential", client_lr_decay_rate=0.5)
+
+
 def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir, tmp_path):
-    ref = subprocess.run(_args(tiny_corpus_dir, tmp_path, "reference"),
+    ref = subprocess.run(_args(tiny_corpus_dir, tmp_path, "reference", **OPTIMIZATION),
                          capture_output=True, text=True, timeout=900, cwd=REPO)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
@@ -65,7 +72,8 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
     # with one line naming it (exit 3), no hang, the checkpoint intact.
     root = tmp_path / "interrupted"
     run_dir = root / "run"
-    proc = subprocess.Popen(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1),
+    proc = subprocess.Popen(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1,
+                                  **OPTIMIZATION),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
     _wait_for(run_dir / "checkpoints" / "round_1", proc)
@@ -84,7 +92,8 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
 
     # 2. Resumed, then the run itself is SIGKILLed (no cleanup at all) after
     # round 3's checkpoint, leaving a half-written checkpoint behind.
-    proc = subprocess.Popen(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1),
+    proc = subprocess.Popen(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1,
+                                  **OPTIMIZATION),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     _wait_for(run_dir / "checkpoints" / "round_3", proc)
     proc.send_signal(signal.SIGKILL)
@@ -95,7 +104,8 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
     (partial / "saved_model.pb").write_bytes(b"truncated")
 
     # 3. Resumed to the end: the same rows and weights as the uninterrupted run.
-    resumed = subprocess.run(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1),
+    resumed = subprocess.run(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1,
+                                   **OPTIMIZATION),
                              capture_output=True, text=True, timeout=900, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ref_dir = tmp_path / "reference"
@@ -103,6 +113,17 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
     # round 1's mask update) and resumed inside them (round 4).
     assert [r["client_model"] for r in _csv(ref_dir / "metrics.csv")] == [
         "masked", "compact", "compact", "compact"]
+    # The rates each round ran at are the schedules' (3e-3 client Adam by
+    # default): warm-up 0.01 / 2, then cosine over rounds 2-4.
+    rows = _csv(ref_dir / "metrics.csv")
+    assert [float(r["client_learning_rate"]) for r in rows] == pytest.approx(
+        [3e-3 * 0.5 ** k for k in range(4)], rel=1e-6)
+    assert [float(r["server_learning_rate"]) for r in rows] == pytest.approx(
+        [0.005, 0.01, 0.0075, 0.0025], rel=1e-6)
+    # FLOPs of the model clients trained: each compact model (sparsity rising
+    # after rounds 1, 2 and 3) costs less than the one before.
+    flops = [int(r["client_step_flops"]) for r in rows]
+    assert flops[-1] > 0 and all(a > b for a, b in zip(flops, flops[1:])), flops
     for name in ("metrics.csv", "eval.csv"):
         expected, got = _csv(ref_dir / name), _csv(run_dir / name)
         assert [r["round"] for r in got] == [r["round"] for r in expected]

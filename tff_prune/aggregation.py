@@ -9,14 +9,21 @@ Norm clipping of each client's own delta is `clip_norm`: it applies before the
 weighting, as `tff.aggregators.clipping_factory(C, MeanFactory())` does (a
 clipping sum factory under the mean would see w_i*m_i*v_i and clip at C/w_i).
 
+`PackedMaskMeanFactory` is the example-weighted mean of 0/1 masks that
+clients send bit-packed: the server unpacks each client's bits as it
+accumulates them, so only the packed bytes cross the wire.
+
 `PruningUpdateAggregatorFactory` aggregates the whole client update of our
-client work: the delta by masked mean, the Taylor importance and the mask
-votes by example-weighted mean.
+client work: the delta by masked mean, the Taylor importance by
+example-weighted mean, the bit-packed mask votes by `PackedMaskMeanFactory`.
+On rounds whose clients send no scores or votes (no mask update follows
+them) it keeps those aggregators' state and reports zeros in their place.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import numpy as np
@@ -24,11 +31,90 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_prune import wrappers
+from tff_prune.pruning import bitpack
 from tff_prune.pruning import masks as masks_lib
 
 
 def _struct_field(struct_type: tff.types.StructType, name: str) -> tff.types.Type:
     return dict(tff.structure.iter_elements(struct_type))[name]
+
+
+def _zeros(value_type: tff.types.Type):
+    """Zeros of `value_type` (tensors, nested in structs), in a TF graph."""
+    if isinstance(value_type, tff.TensorType):
+        return tf.zeros(value_type.shape, value_type.dtype)
+    elements = list(tff.structure.iter_elements(value_type))
+    if all(name is None for name, _ in elements):
+        return tuple(_zeros(t) for _, t in elements)
+    return collections.OrderedDict((name, _zeros(t)) for name, t in elements)
+
+
+def _zeros_computation(value_type: tff.types.Type) -> tff.Computation:
+    @tff.tensorflow.computation
+    def zeros():
+        return _zeros(value_type)
+    return zeros
+
+
+class PackedMaskMeanFactory(tff.aggregators.WeightedAggregationFactory):
+    """Example-weighted mean of 0/1 masks sent bit-packed.
+
+    Value type: a tuple of `tff_prune.pruning.bitpack.pack_mask` bytes, one
+    per mask of `shapes`. Each client's bits are unpacked as they are
+    accumulated (`tff.federated_aggregate`), so the wire carries one bit per
+    weight. Result: per weight, the weighted fraction of clients keeping it.
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]]):
+        self._shapes = [tuple(int(d) for d in s) for s in shapes]
+
+    def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
+        shapes = self._shapes
+        if len(value_type) != len(shapes):
+            raise ValueError(f"{len(value_type)} packed masks for {len(shapes)} shapes")
+        sums_type = tff.StructType([tff.TensorType(np.float32, s) for s in shapes])
+        acc_type = tff.StructType([("sums", sums_type), ("weight", tff.TensorType(np.float32))])
+
+        @tff.tensorflow.computation
+        def zero():
+            return collections.OrderedDict(
+                sums=tuple(tf.zeros(s, tf.float32) for s in shapes),
+                weight=tf.constant(0.0))
+
+        @tff.tensorflow.computation(acc_type, tff.StructType([value_type, weight_type]))
+        def accumulate(acc, client):
+            packed, weight = client
+            weight = tf.cast(weight, tf.float32)
+            return collections.OrderedDict(
+                sums=tuple(s + bitpack.unpack_mask(p, shape) * weight
+                           for s, p, shape in zip(acc.sums, packed, shapes)),
+                weight=acc.weight + weight)
+
+        @tff.tensorflow.computation(acc_type, acc_type)
+        def merge(a, b):
+            return collections.OrderedDict(
+                sums=tuple(x + y for x, y in zip(a.sums, b.sums)),
+                weight=a.weight + b.weight)
+
+        @tff.tensorflow.computation(acc_type)
+        def report(acc):
+            return tuple(tf.math.divide_no_nan(s, acc.weight) for s in acc.sums)
+
+        @tff.federated_computation
+        def init_fn():
+            return tff.federated_value((), tff.SERVER)
+
+        @tff.federated_computation(
+            init_fn.type_signature.result,
+            tff.FederatedType(value_type, tff.CLIENTS),
+            tff.FederatedType(weight_type, tff.CLIENTS))
+        def next_fn(state, value, weight):
+            mean = tff.federated_aggregate(tff.federated_zip((value, weight)), zero(),
+                                           accumulate, merge, report)
+            return tff.templates.MeasuredProcessOutput(
+                state=state, result=mean, measurements=tff.federated_value((), tff.SERVER))
+
+        return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
 class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
@@ -122,24 +208,45 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
 class PruningUpdateAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
     """Aggregates `{delta[, mask][, importance][, vote]}` client updates.
 
-    Result `{delta[, importance][, vote]}`: the masked mean of the deltas and
-    the example-weighted means of Taylor importance and binary mask votes (a
-    vote mean is the weighted fraction of clients keeping each weight).
+    Result `{delta[, importance][, vote]}`: the masked mean of the deltas, the
+    example-weighted mean of Taylor importance and of the bit-packed binary
+    mask votes (a vote mean is the weighted fraction of clients keeping each
+    weight; `vote_shapes` are the voted kernels' shapes).
+
+    `create(..., idle=...)` names fields (with the client value types they
+    have on other rounds) that this round's clients do not send: the process
+    keeps their state and gives zeros as their result, so a round that
+    updates no mask runs with the same state and finalizer as one that does.
     """
 
-    def __init__(self, delta_factory: Optional[MaskedWeightedMeanFactory] = None):
+    def __init__(self, delta_factory: Optional[MaskedWeightedMeanFactory] = None,
+                 vote_shapes: Optional[Sequence[Sequence[int]]] = None):
         self._delta_factory = delta_factory or MaskedWeightedMeanFactory()
+        self._vote_shapes = vote_shapes
 
-    def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
+    def _field_factory(self, name: str) -> tff.aggregators.WeightedAggregationFactory:
+        if name == "vote":
+            if self._vote_shapes is None:
+                raise ValueError("bit-packed votes need vote_shapes")
+            return PackedMaskMeanFactory(self._vote_shapes)
+        return tff.aggregators.MeanFactory()
+
+    def create(self, value_type, weight_type,
+               idle: Optional[Mapping[str, tff.types.Type]] = None
+               ) -> tff.templates.AggregationProcess:
+        idle = dict(idle or {})
         fields = dict(tff.structure.iter_elements(value_type))
         client_masks = "mask" in fields
         delta_value_type = tff.StructType(
             [("values", fields["delta"])]
             + ([("masks", fields["mask"])] if client_masks else []))
         delta_process = self._delta_factory.create(delta_value_type, weight_type)
-        extra = [name for name in ("importance", "vote") if name in fields]
-        mean_processes = {name: tff.aggregators.MeanFactory().create(
-            fields[name], weight_type) for name in extra}
+        extra = [name for name in ("importance", "vote") if name in fields or name in idle]
+        mean_processes = {name: self._field_factory(name).create(
+            fields[name] if name in fields else idle[name], weight_type) for name in extra}
+        idle_zeros = {name: _zeros_computation(
+            mean_processes[name].next.type_signature.result.result.member)
+            for name in extra if name not in fields}
 
         @tff.federated_computation
         def init_fn():
@@ -158,7 +265,13 @@ class PruningUpdateAggregatorFactory(tff.aggregators.WeightedAggregationFactory)
             outputs = collections.OrderedDict(
                 delta=delta_process.next(state.delta, delta_in, weight))
             for name, process in mean_processes.items():
-                outputs[name] = process.next(state[name], value[name], weight)
+                if name in idle_zeros:
+                    outputs[name] = tff.templates.MeasuredProcessOutput(
+                        state=state[name],
+                        result=tff.federated_eval(idle_zeros[name], tff.SERVER),
+                        measurements=tff.federated_value((), tff.SERVER))
+                else:
+                    outputs[name] = process.next(state[name], value[name], weight)
             return tff.templates.MeasuredProcessOutput(
                 state=tff.federated_zip(collections.OrderedDict(
                     (n, o.state) for n, o in outputs.items())),

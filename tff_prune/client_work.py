@@ -17,14 +17,17 @@ With pruning on, each client:
   the server's masks, so the server knows it) and - when the method asks for
   them - Taylor importance (the one definition in
   `tff_prune.pruning.importance`: mean over its steps of |w * dL/dw|, w the
-  broadcast dense value) and its own mask proposal for `client_vote`.
+  broadcast dense value) and its own mask proposal for `client_vote`,
+  bit-packed (`tff_prune.pruning.bitpack`). Both only on rounds after which
+  the server updates masks (`send_scores`); on the others they would decide
+  nothing.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -33,6 +36,7 @@ from tasks import base
 from tff_prune import client_model
 from tff_prune import config as config_lib
 from tff_prune import wrappers
+from tff_prune.pruning import bitpack
 from tff_prune.pruning import importance as importance_lib
 
 
@@ -45,22 +49,26 @@ def needs_dense_values(pruning: config_lib.PruningConfig) -> bool:
 
 def to_wire_computation(weights_type: tff.types.Type, index: wrappers.PrunableWeightIndex,
                         pruning: config_lib.PruningConfig,
-                        kept_counts: Optional[Sequence[int]] = None) -> tff.Computation:
-    """The server's encoding of `weights_type` weights for these clients."""
+                        kept_counts: Optional[Sequence[int]] = None,
+                        send_scores: bool = True) -> tff.Computation:
+    """The server's encoding of `weights_type` weights for these clients
+    (dense values only where they score this round)."""
+    dense_values = send_scores and needs_dense_values(pruning)
 
     @tff.tensorflow.computation(weights_type)
     def to_wire(weights):
         return client_model.to_wire(weights, index, pruning.masks_biases,
-                                    needs_dense_values(pruning), kept_counts)
+                                    dense_values, kept_counts)
     return to_wire
 
 
 def wire_type(weights_type: tff.types.Type, index: wrappers.PrunableWeightIndex,
               pruning: config_lib.PruningConfig,
-              kept_counts: Optional[Sequence[int]] = None) -> tff.types.Type:
+              kept_counts: Optional[Sequence[int]] = None,
+              send_scores: bool = True) -> tff.types.Type:
     """Type of what one client receives (see `tff_prune.client_model`)."""
-    return to_wire_computation(weights_type, index, pruning,
-                               kept_counts).type_signature.result
+    return to_wire_computation(weights_type, index, pruning, kept_counts,
+                               send_scores).type_signature.result
 
 
 def build_wire_distributor(weights_type: tff.types.Type,
@@ -95,6 +103,7 @@ def build_pruning_client_work(
     sparsity_for_round_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
     weights_type: Optional[tff.types.Type] = None,
     kept_counts: Optional[Sequence[int]] = None,
+    send_scores: bool = True,
 ) -> tff.learning.templates.ClientWorkProcess:
     """A `ClientWorkProcess` training the wrapped model under the server's masks.
 
@@ -114,12 +123,14 @@ def build_pruning_client_work(
       kept_counts: per masked kernel, how many weights its mask keeps: the
         sparse form (`tff_prune.client_model`) both ways, each kernel and its
         delta as the kept values only. Needs masks the server knows exactly.
+      send_scores: whether clients send the Taylor importance and mask votes
+        `pruning` asks for (False on rounds after which no mask is updated).
 
     The process's `next` takes the weights in their wire form, of type
     `wire_type(...)` for the same `weights_type`, `index` and `pruning`.
     """
-    want_taylor = pruning.enabled and pruning.importance == "taylor"
-    want_vote = pruning.enabled and pruning.policy == "client_vote"
+    want_taylor = send_scores and pruning.enabled and pruning.importance == "taylor"
+    want_vote = send_scores and pruning.enabled and pruning.policy == "client_vote"
     mask_biases = pruning.masks_biases
 
     if weights_type is None:
@@ -194,7 +205,7 @@ def build_pruning_client_work(
                 lambda: tuple(propose_masks_fn(scores, tf.maximum(target, 0.0),
                                                bias_scores)),
                 lambda: tuple(masks[i] for i in index.kernel_index))
-            update["vote"] = proposal
+            update["vote"] = tuple(bitpack.pack_mask(p) for p in proposal)
         metrics = collections.OrderedDict(
             loss_sum=loss_sum, num_examples=num_examples)
         return tff.learning.templates.ClientResult(update=update,
@@ -209,7 +220,7 @@ def build_pruning_client_work(
 
     state_type = init_fn.type_signature.result.member
 
-    received_type = wire_type(weights_type, index, pruning, kept_counts)
+    received_type = wire_type(weights_type, index, pruning, kept_counts, send_scores)
 
     @tff.tensorflow.computation(state_type, received_type, data_type)
     def client_computation(optimizer_hparams, received, dataset):

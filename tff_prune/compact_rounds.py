@@ -30,10 +30,13 @@ With `FullSizeModel` as the compactor nothing is cut: the same machinery
 runs masked rounds of the full-size model over the sparse wire (schemes
 with no unit to cut, or `--client_model=masked`).
 
-Compact rounds need the clients to know nothing about pruned weights, so
-they run with magnitude importance and the `server` or `fixed` policy;
-Taylor scores and `client_vote` score pruned weights on the clients, which
-needs their dense values: those runs use masked rounds.
+Compact rounds need the clients to know nothing about pruned weights.
+Taylor importance and `client_vote` score pruned weights on the clients,
+which needs their dense values, but only on a round after which the server
+updates masks: that round is the process's own (dense values down, scores
+or bit-packed votes up), every other round is compact (or sparse), and the
+aggregator reports zeros for the scores no client sent (the finalizer reads
+them only when it updates masks; `next` checks that it did not).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import tensorflow_federated as tff
 from tff_prune import client_model
 from tff_prune import client_work as client_work_lib
 from tff_prune import config as config_lib
+from tff_prune import finalizer as finalizer_lib
 from tff_prune import wrappers
 
 # Float32 holds every integer up to 2**24 exactly: the index model's limit.
@@ -89,8 +93,9 @@ class NotCompactable(ValueError):
 
 
 def applies(pruning: config_lib.PruningConfig) -> bool:
-    """Whether compact rounds can train `pruning` (see module docstring)."""
-    return pruning.scheme == "structured" and not client_work_lib.needs_dense_values(pruning)
+    """Whether compact rounds can train `pruning`: structured schemes have
+    units to cut (see module docstring)."""
+    return pruning.enabled and pruning.scheme == "structured"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,16 +256,15 @@ class CompactRounds:
     """
 
     def __init__(self, built, compactor: Compactor):
-        if client_work_lib.needs_dense_values(built.pruning):
-            raise ValueError("compact and sparse rounds send no pruned values; "
-                             f"{built.pruning.importance} importance with the "
-                             f"{built.pruning.policy} policy needs them")
         self.built = built
         self.compactor = compactor
         self.compacts = not isinstance(compactor, FullSizeModel)
+        # Clients score pruned weights on mask-update rounds (process rounds);
+        # the rounds between them are compact even before anything is pruned.
+        self.scores = client_work_lib.needs_dense_values(built.pruning)
         self._stripped = built.task.build_model()
         self._architectures: dict[Hashable, CompactArchitecture] = {}
-        self._plans: dict[str, Optional[CompactPlan]] = {}
+        self._plans: dict[str, tuple[Optional[CompactPlan], bool]] = {}
         self._indexes: dict[Hashable, tuple] = {}
 
     # ----------------------------------------------------------------- plans
@@ -276,24 +280,42 @@ class CompactRounds:
             self._indexes[widths] = (model_fn, wrappers.index_prunable_weights(model), model)
         return self._indexes[widths]
 
-    def plan(self, state) -> Optional[CompactPlan]:
-        """The compact plan of `state`'s masks; None while nothing is pruned
-        (or, logged, when these masks cannot be compacted exactly)."""
+    def _plan_and_pruned(self, state) -> tuple[Optional[CompactPlan], bool]:
         index = self.built.index
         weights = state.global_model_weights
         masks = [np.asarray(weights.non_trainable[i]) for i in index.mask_index]
         digest = hashlib.sha256(b"".join(m.tobytes() for m in masks)).hexdigest()
         if digest not in self._plans:
             plan = None
-            if any(np.any(m == 0) for m in masks):
+            pruned = any(np.any(m == 0) for m in masks)
+            if pruned or self.scores:
                 try:
                     plan = build_plan(weights, index, self.built.pruning.masks_biases,
                                       self._stripped, self.compactor,
                                       lambda w: self._wrapped(w)[1])
                 except NotCompactable as e:
                     tf.get_logger().warning("masked round instead of a compact one: %s", e)
-            self._plans = {digest: plan}  # masks change rarely; keep the latest
+            self._plans = {digest: (plan, pruned)}  # masks change rarely; keep the latest
         return self._plans[digest]
+
+    def plan(self, state) -> Optional[CompactPlan]:
+        """The compact plan of `state`'s masks; None while nothing is pruned
+        and clients send no scores (or, logged, when these masks cannot be
+        compacted exactly)."""
+        return self._plan_and_pruned(state)[0]
+
+    def scores_round(self, state) -> bool:
+        """Whether the round after `state` is one whose clients score pruned
+        weights (a mask update follows it): the process's own round."""
+        round_num = int(np.asarray(state.finalizer["round_num"])) + 1
+        return self.scores and bool(finalizer_lib.updates_masks(self.built.pruning, round_num))
+
+    def client_model_for(self, state) -> str:
+        """'compact' when the round after `state` trains a model with units cut
+        out, else 'masked' (the full-size model)."""
+        plan, pruned = self._plan_and_pruned(state)
+        compact = self.compacts and pruned and plan is not None
+        return "compact" if compact and not self.scores_round(state) else "masked"
 
     # ----------------------------------------------------------------- rounds
 
@@ -312,10 +334,16 @@ class CompactRounds:
         kept_counts = plan.kept_counts
         client_work = client_work_lib.build_pruning_client_work(
             built.task, model_fn, index, pruning, built.client_optimizer,
-            weights_type=weights_type, kept_counts=kept_counts)
+            weights_type=weights_type, kept_counts=kept_counts, send_scores=False)
         result_type = client_work.next.type_signature.result.result.member
-        aggregator = built.aggregator_factory.create(result_type.update,
-                                                     result_type.update_weight)
+        # Scores and votes the process's clients send and these do not: the
+        # aggregator keeps their state and reports zeros (unread: no mask update).
+        full_fields = dict(tff.structure.iter_elements(
+            built.client_work.next.type_signature.result.result.member.update))
+        sent = dict(tff.structure.iter_elements(result_type.update))
+        aggregator = built.aggregator_factory.create(
+            result_type.update, result_type.update_weight,
+            idle={n: t for n, t in full_fields.items() if n not in sent})
         dense_type = built.weights_type
         plan_type = tff.types.to_type(tf.nest.map_structure(
             lambda a: tff.TensorType(a.dtype, a.shape), plan.tensors()))
@@ -354,9 +382,11 @@ class CompactRounds:
         @tff.tensorflow.computation(update_type, plan_type)
         def scatter(update, plan_value):
             update, plan_value = wrappers.as_nest(update), wrappers.as_nest(plan_value)
-            return collections.OrderedDict(delta=tuple(scatter_sent_delta(
+            dense = collections.OrderedDict(update)
+            dense["delta"] = tuple(scatter_sent_delta(
                 list(update["delta"]), plan_value, index.kernel_index, source,
-                dense_shapes)))
+                dense_shapes))
+            return dense
 
         state_type = built.process.next.type_signature.parameter[0]
         data_type = built.process.next.type_signature.parameter[1]
@@ -390,14 +420,26 @@ class CompactRounds:
         return CompactArchitecture(next_fn, client_work, wire, model_fn, index)
 
     def next(self, state, client_data) -> tff.learning.templates.LearningProcessOutput:
-        """One round: compact when `state`'s masks remove units, else masked."""
-        plan = self.plan(state)
+        """One round: the process's own where clients score pruned weights or
+        nothing is pruned, else compact (or sparse)."""
+        plan = None if self.scores_round(state) else self.plan(state)
         if plan is None:
             return self.built.process.next(state, client_data)
-        return self.architecture(plan).next(state, client_data, plan.tensors())
+        output = self.architecture(plan).next(state, client_data, plan.tensors())
+        if self.scores and "masks_updated" in output.metrics["finalizer"] and bool(
+                output.metrics["finalizer"]["masks_updated"]):
+            # The masks would have been decided on the zeros standing in for scores.
+            raise RuntimeError("a round without client scores updated the masks: "
+                               "scores_round disagrees with the finalizer")
+        return output
+
+    def model_fn_for(self, state) -> Callable[[], tf.keras.Model]:
+        """Builds the (wrapped) model the clients of the round after `state` train."""
+        plan = None if self.scores_round(state) else self.plan(state)
+        return self.built.model_fn if plan is None else self.architecture(plan).model_fn
 
     def client_work_for(self, state) -> tff.learning.templates.ClientWorkProcess:
         """The client work the round of `state` runs (for its wire types)."""
-        plan = self.plan(state)
+        plan = None if self.scores_round(state) else self.plan(state)
         return (self.built.client_work if plan is None
                 else self.architecture(plan).client_work)

@@ -39,10 +39,11 @@ from tasks.asr.corpus import CorpusError
 from tasks.asr import text
 from tff_prune import aggregation
 from tff_prune import centralized
-from tff_prune import client_work as client_work_lib
+from tff_prune import client_cost
 from tff_prune import compact_rounds
 from tff_prune import config as config_lib
 from tff_prune import federated_eval
+from tff_prune import optimizers
 from tff_prune import output_dir
 from tff_prune import process as process_lib
 from tff_prune import runtime
@@ -51,7 +52,7 @@ from tff_prune import wrappers
 from tff_prune.export import compaction
 from tff_prune.pruning import stats
 
-OPTIMIZERS = ("sgd", "sgdm", "adam")
+OPTIMIZERS = optimizers.OPTIMIZERS
 CLIENT_MODELS = ("compact", "masked")
 
 
@@ -66,6 +67,15 @@ class FederatedConfig:
     client_learning_rate: float = 3e-3
     server_optimizer: str = "sgd"
     server_learning_rate: float = 1.0
+    server_momentum: float = 0.9     # sgdm
+    server_epsilon: float = 1e-3     # adam, yogi: FedAdam's adaptivity τ
+    # Learning rates over rounds (`tff_prune.optimizers.LearningRateSchedule`).
+    client_lr_schedule: str = "constant"
+    client_lr_warmup_rounds: int = 0
+    client_lr_decay_rate: float = 1.0
+    server_lr_schedule: str = "constant"
+    server_lr_warmup_rounds: int = 0
+    server_lr_decay_rate: float = 1.0
     clip_norm: float = 0.0
     eval_every_rounds: int = 10
     # What clients train once units are pruned: the physically smaller model
@@ -86,9 +96,37 @@ class FederatedConfig:
                 raise config_lib.ConfigError(f"--{name} must be > 0")
         if self.clip_norm < 0:
             raise config_lib.ConfigError("--clip_norm must be >= 0 (0 = no clipping)")
+        if not 0 <= self.server_momentum < 1:
+            raise config_lib.ConfigError(
+                f"--server_momentum must be in [0, 1), not {self.server_momentum}")
+        if not self.server_epsilon > 0:
+            raise config_lib.ConfigError(f"--server_epsilon must be > 0, not {self.server_epsilon}")
+        for side in ("client", "server"):
+            self.lr_schedule(side)  # raises ConfigError naming the flag
         if self.client_model not in CLIENT_MODELS:
             raise config_lib.ConfigError(
                 f"--client_model={self.client_model!r} is not one of: {', '.join(CLIENT_MODELS)}")
+
+    def lr_schedule(self, side: str) -> optimizers.LearningRateSchedule:
+        """The `client` or `server` learning rate over rounds."""
+        return optimizers.LearningRateSchedule(
+            kind=getattr(self, f"{side}_lr_schedule"),
+            base=getattr(self, f"{side}_learning_rate"),
+            warmup_rounds=getattr(self, f"{side}_lr_warmup_rounds"),
+            decay_rate=getattr(self, f"{side}_lr_decay_rate"),
+            total_rounds=self.total_rounds, names=f"--{side}_lr_")
+
+    def client_optimizer_built(self) -> tff.learning.optimizers.Optimizer:
+        """The clients' optimizer (its rate is set each round from the schedule)."""
+        return optimizers.build_optimizer(self.client_optimizer, self.client_learning_rate)
+
+    def server_optimizer_built(self) -> tff.learning.optimizers.Optimizer:
+        """The server's optimizer, at its scheduled rate every round."""
+        return optimizers.scheduled(
+            optimizers.build_optimizer(self.server_optimizer, self.server_learning_rate,
+                                       momentum=self.server_momentum,
+                                       epsilon=self.server_epsilon),
+            self.lr_schedule("server"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,15 +163,6 @@ class ExperimentConfig:
         return os.path.join(self.root_output_dir, self.experiment_name)
 
 
-def build_optimizer(name: str, learning_rate: float) -> tff.learning.optimizers.Optimizer:
-    """A `tff.learning.optimizers` optimizer by flag name."""
-    if name == "sgd":
-        return tff.learning.optimizers.build_sgdm(learning_rate)
-    if name == "sgdm":
-        return tff.learning.optimizers.build_sgdm(learning_rate, momentum=0.9)
-    return tff.learning.optimizers.build_adam(learning_rate)
-
-
 class CsvWriter:
     """Appends rows to a CSV file, writing the header once; flushes each row."""
 
@@ -165,6 +194,7 @@ def _fmt(value):
 TRAIN_COLUMNS = ["round", "phase", "client_model", "train_loss", "num_examples", "sparsity",
                  "masks_updated", "mask_change_fraction", "vote_agreement",
                  "bytes_down_per_client", "bytes_up_per_client", "dense_bytes_per_client",
+                 "client_step_flops", "client_learning_rate", "server_learning_rate",
                  "round_seconds"]
 EVAL_COLUMNS = ["round", "loss", "wer", "cer", "num_examples", "sparsity"]
 
@@ -296,10 +326,10 @@ def client_model_used(config: ExperimentConfig) -> str:
 def build_rounds(config: ExperimentConfig, task: task_lib.AsrTask,
                  built: process_lib.FederatedPruningProcess
                  ) -> Optional[compact_rounds.CompactRounds]:
-    """What runs the rounds once units are pruned: compact rounds, masked
-    rounds in the sparse form, or (None) the process itself, whose clients
-    receive dense values (Taylor importance, client votes, no pruning)."""
-    if not config.pruning.enabled or client_work_lib.needs_dense_values(config.pruning):
+    """What runs the rounds: compact rounds, masked rounds in the sparse
+    form (both with the process's own rounds where clients score pruned
+    weights), or (None, no pruning) the process itself."""
+    if not config.pruning.enabled:
         return None
     if client_model_used(config) == "compact":
         compactor = compaction.ConformerCompactor(task.model_config, text.VOCAB_SIZE)
@@ -322,6 +352,24 @@ def dense_bytes_per_client(index: wrappers.PrunableWeightIndex) -> int:
     """What dense FedAvg moves each way per client: the full model's weights."""
     return wire.type_bytes(wrappers.tff_type(tuple(
         tf.TensorSpec(s, tf.float32) for s in index.trainable_shapes)))
+
+
+class ClientStepFlops:
+    """FLOPs of one local training step of the model a round's clients train
+    (`tff_prune.client_cost`), on one fixed batch so rounds compare; measured
+    once per client model (architecture)."""
+
+    def __init__(self, task: task_lib.AsrTask, seed: int):
+        self._batch = next(iter(task.client_dataset(task.train_client_ids[0],
+                                                    training=True, seed=seed)))
+        self._task = task
+        self._flops: dict[Callable, int] = {}
+
+    def __call__(self, model_fn: Callable[[], tf.keras.Model]) -> int:
+        if model_fn not in self._flops:
+            self._flops[model_fn] = client_cost.training_step_flops(
+                self._task, model_fn(), self._batch)
+        return self._flops[model_fn]
 
 
 def load_latest_readable_checkpoint(
@@ -364,8 +412,8 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
         delta_factory = aggregation.MaskedWeightedMeanFactory(clip_norm=fed.clip_norm)
     built = process_lib.build_federated_pruning_process(
         task, config.pruning,
-        client_optimizer=build_optimizer(fed.client_optimizer, fed.client_learning_rate),
-        server_optimizer=build_optimizer(fed.server_optimizer, fed.server_learning_rate),
+        client_optimizer=fed.client_optimizer_built(),
+        server_optimizer=fed.server_optimizer_built(),
         delta_aggregator=delta_factory, seed=config.seed)
     evaluate = federated_eval.build_federated_evaluation(
         task, built.model_fn, built.index, config.pruning.masks_biases)
@@ -385,6 +433,8 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
     client_model = client_model_used(config)
     rounds = build_rounds(config, task, built)
     dense_bytes = dense_bytes_per_client(built.index)
+    step_flops = ClientStepFlops(task, config.seed)
+    client_lr = fed.lr_schedule("client")
     with runtime.local_runtime(log_dir=os.path.join(out, "logs")):
         initial_state = built.process.initialize()
         state, done = load_latest_readable_checkpoint(
@@ -401,14 +451,25 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
                                             seed=config.seed * 1_000_003 + round_num * 1009 + i)
                         .repeat(fed.client_epochs)
                         for i, c in enumerate(cohort)]
+            state = optimizers.set_round_learning_rate(
+                built.process, state, client_lr, round_num)
+            # The rates this round runs at, read from the state it starts from.
+            rates = {"client_learning_rate": optimizers.learning_rate_of(
+                         built.process.get_hparams(state)["client_work"]),
+                     "server_learning_rate": optimizers.learning_rate_of(
+                         state.finalizer["optimizer"])}
             if rounds is None:
-                round_client_work = built.client_work
+                round_client_work, round_client_model = built.client_work, "masked"
+                round_model_fn = built.model_fn
                 output = built.process.next(state, datasets)
             else:
                 # The compact (or sparse) model of the masks in force; the
                 # process's own round while they prune nothing.
                 round_client_work = rounds.client_work_for(state)
+                round_client_model = rounds.client_model_for(state)
+                round_model_fn = rounds.model_fn_for(state)
                 output = rounds.next(state, datasets)
+            round_seconds = time.monotonic() - round_start
             bytes_down, bytes_up = round_wire_bytes(round_client_work)
             state = output.state
             train = output.metrics["client_work"]["train"]
@@ -416,9 +477,9 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
             row = {
                 "round": round_num,
                 "phase": schedule.phase(round_num) if config.pruning.enabled else "dense",
-                # Compact once a compact round ran; the full-size model before.
-                "client_model": ("compact" if round_client_work is not built.client_work
-                                 and rounds.compacts else "masked"),
+                # Compact once units are cut; the full-size model before and
+                # on rounds whose clients score pruned weights.
+                "client_model": round_client_model,
                 "train_loss": _scalar(train["loss_sum"]) / max(_scalar(train["num_examples"]), 1),
                 "num_examples": _scalar(train["num_examples"]),
                 "sparsity": _scalar(fin["sparsity"]) if "sparsity" in fin else 0.0,
@@ -431,7 +492,9 @@ def _run_federated(config: ExperimentConfig, task: task_lib.AsrTask,
                 "bytes_down_per_client": bytes_down,
                 "bytes_up_per_client": bytes_up,
                 "dense_bytes_per_client": dense_bytes,
-                "round_seconds": time.monotonic() - round_start,
+                "client_step_flops": step_flops(round_model_fn),
+                **rates,
+                "round_seconds": round_seconds,
             }
             _sync(train_release.release(_train_release(row), key=round_num))
             _sync(tensorboard.release(

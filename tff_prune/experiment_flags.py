@@ -11,6 +11,7 @@ from tasks.asr import task as task_lib
 from tff_prune import centralized
 from tff_prune import config as config_lib
 from tff_prune import experiment
+from tff_prune import optimizers
 from tff_prune import wrappers
 from tff_prune.pruning import schedule as schedule_lib
 
@@ -79,14 +80,28 @@ flags.DEFINE_integer("client_epochs", 3, "Local epochs per round.")
 flags.DEFINE_integer("client_batch_size", 8, "Local batch size (also centralized).")
 flags.DEFINE_enum("client_optimizer", "adam", list(experiment.OPTIMIZERS), "Client optimizer.")
 flags.DEFINE_float("client_learning_rate", 3e-3, "Client learning rate.")
-flags.DEFINE_enum("server_optimizer", "sgd", list(experiment.OPTIMIZERS), "Server optimizer.")
+flags.DEFINE_enum("server_optimizer", "sgd", list(experiment.OPTIMIZERS),
+                  "Server optimizer on the averaged delta: sgd (FedAvg), sgdm "
+                  "(server momentum), adam (FedAdam), yogi (FedYogi).")
 flags.DEFINE_float("server_learning_rate", 1.0, "Server learning rate.")
+flags.DEFINE_float("server_momentum", 0.9, "Momentum of --server_optimizer=sgdm.")
+flags.DEFINE_float("server_epsilon", 1e-3,
+                   "Epsilon (adaptivity) of --server_optimizer=adam|yogi.")
+for _side in ("client", "server"):
+    flags.DEFINE_enum(f"{_side}_lr_schedule", "constant", list(optimizers.LR_SCHEDULES),
+                      f"The {_side} learning rate over rounds: constant, exponential "
+                      f"(times --{_side}_lr_decay_rate each round) or warmup_cosine "
+                      "(cosine towards 0 at --total_rounds); all after a linear warm-up.")
+    flags.DEFINE_integer(f"{_side}_lr_warmup_rounds", 0,
+                         f"Rounds of linear warm-up of the {_side} learning rate.")
+    flags.DEFINE_float(f"{_side}_lr_decay_rate", 1.0,
+                       f"Per-round factor of --{_side}_lr_schedule=exponential.")
 flags.DEFINE_float("clip_norm", 0.0, "Clip each client's weighted delta to this norm (0: off).")
 flags.DEFINE_integer("eval_every_rounds", 10, "Held-out evaluation cadence.")
 flags.DEFINE_enum("client_model", "compact", list(experiment.CLIENT_MODELS),
                   "What clients train once units are pruned: the physically smaller "
-                  "model (structured pruning with magnitude importance and the server "
-                  "or fixed policy; others train masked) or the masked full-size one.")
+                  "model (structured schemes; rounds before a mask update train "
+                  "masked where clients score pruned weights) or the masked full-size one.")
 
 # -- centralized -------------------------------------------------------------
 flags.DEFINE_integer("centralized_epochs", 10, "Epochs of --mode=centralized.")
@@ -171,7 +186,12 @@ def experiment_config_from_flags() -> experiment.ExperimentConfig:
             client_epochs=FLAGS.client_epochs, client_optimizer=FLAGS.client_optimizer,
             client_learning_rate=FLAGS.client_learning_rate,
             server_optimizer=FLAGS.server_optimizer,
-            server_learning_rate=FLAGS.server_learning_rate, clip_norm=FLAGS.clip_norm,
+            server_learning_rate=FLAGS.server_learning_rate,
+            server_momentum=FLAGS.server_momentum, server_epsilon=FLAGS.server_epsilon,
+            **{f"{side}_lr_{name}": FLAGS[f"{side}_lr_{name}"].value
+               for side in ("client", "server")
+               for name in ("schedule", "warmup_rounds", "decay_rate")},
+            clip_norm=FLAGS.clip_norm,
             eval_every_rounds=FLAGS.eval_every_rounds, client_model=FLAGS.client_model),
         centralized=centralized.CentralizedConfig(
             epochs=FLAGS.centralized_epochs, learning_rate=FLAGS.learning_rate,

@@ -26,6 +26,21 @@ from tff_prune import wrappers
 from tff_prune.pruning import stats
 
 
+def updates_masks(pruning: config_lib.PruningConfig, round_num):
+    """Whether the server updates masks after round `round_num` (an int, or a
+    tf scalar for a bool tensor): on the schedule's grid, or once at its
+    first round under the `fixed` policy."""
+    python = not tf.is_tensor(round_num)
+    if not pruning.enabled:
+        return False if python else tf.constant(False)
+    schedule = pruning.schedule
+    if pruning.policy == "fixed":
+        if python:
+            return int(round_num) == schedule.begin_round
+        return tf.equal(round_num, schedule.begin_round)
+    return schedule.should_update_masks(round_num)
+
+
 def build_pruning_finalizer(
     server_optimizer: tff.learning.optimizers.Optimizer,
     weights_type: tff.types.Type,
@@ -66,11 +81,10 @@ def build_pruning_finalizer(
         measurements = collections.OrderedDict()
         if pruning.enabled and index.keys:
             kernels = [new_trainable[i] for i in index.kernel_index]
-            do_update = schedule.should_update_masks(round_num)
+            do_update = updates_masks(pruning, round_num)
             sparsity = tf.cast(schedule.sparsity(round_num), tf.float32)
             if pruning.policy == "fixed":
                 # Once, straight at the target; never refined.
-                do_update = tf.equal(round_num, schedule.begin_round)
                 sparsity = tf.constant(schedule.target_sparsity, tf.float32)
             if pruning.policy == "client_vote":
                 proposed = decider.from_votes(

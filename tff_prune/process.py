@@ -4,7 +4,7 @@ Composed from `tff.learning.templates` parts:
 
   broadcast (the weights in their wire form: masked values or, for Taylor
              scores and client votes, dense ones; bit-packed masks; the round)
-    -> client work (masked local training, Taylor scores / mask votes)
+    -> client work (masked local training, Taylor scores / bit-packed votes)
     -> aggregator (masked weighted mean of deltas, weighted means of the rest)
     -> finalizer (server optimizer, then the scheduled mask update)
 
@@ -152,10 +152,8 @@ def build_federated_pruning_process(
     schedule = pruning.schedule
 
     def vote_sparsity(round_num):
-        # The server updates masks after this round when the schedule says so.
-        if pruning.policy == "fixed":
-            return tf.constant(-1.0)
-        return tf.where(schedule.should_update_masks(round_num),
+        # The sparsity of the mask update after this round; -1: none follows.
+        return tf.where(finalizer_lib.updates_masks(pruning, round_num),
                         tf.cast(schedule.sparsity(round_num), tf.float32), -1.0)
 
     client_work = client_work_lib.build_pruning_client_work(
@@ -163,7 +161,8 @@ def build_federated_pruning_process(
         weights_type=wrappers.model_weights_type(model),
         propose_masks_fn=decider.from_scores, sparsity_for_round_fn=vote_sparsity)
     client_result_type = client_work.next.type_signature.result.result.member
-    aggregator_factory = aggregation.PruningUpdateAggregatorFactory(delta_aggregator)
+    aggregator_factory = aggregation.PruningUpdateAggregatorFactory(
+        delta_aggregator, vote_shapes=[index.trainable_shapes[i] for i in index.kernel_index])
     aggregator = aggregator_factory.create(
         client_result_type.update, client_result_type.update_weight)
     finalizer = finalizer_lib.build_pruning_finalizer(
