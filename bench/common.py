@@ -12,6 +12,8 @@ import datetime
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Optional
@@ -118,3 +120,20 @@ def argument_parser(doc: str, results_name: str, *, model_size: Optional[str] = 
                         help="path without extension: writes .md and .json")
     parser.add_argument("--work_dir", default="/tmp/tff_prune_bench")
     return parser
+
+
+def row_in_subprocess(module: str, flags: list[str], args: argparse.Namespace,
+                      what: str) -> dict:
+    """One results row measured by `python -m module flags...` in its own
+    process (its own memory, its own TFF computations), with `args`' shared
+    corpus and work flags; the row is the last line of its stdout (JSON)."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, *flags, f"--client_epochs={args.client_epochs}",
+         f"--repeats={args.repeats}", f"--num_train_speakers={args.num_train_speakers}",
+         f"--cache_dir={args.cache_dir}", f"--work_dir={args.work_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise SystemExit(f"{module}: {what} failed:\n" + out.stderr[-2000:])
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"[bench] {row}", file=sys.stderr, flush=True)
+    return row

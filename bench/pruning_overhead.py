@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -128,19 +127,10 @@ def run(args) -> dict:
     for i, (label, _, _, _, policy) in enumerate(GRID):
         if args.quick and (label, policy) not in QUICK:
             continue
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.pruning_overhead", f"--method={i}",
-             f"--model_size={args.model_size}", f"--clients={args.clients}",
-             f"--client_epochs={args.client_epochs}", f"--repeats={args.repeats}",
-             f"--num_train_speakers={args.num_train_speakers}",
-             f"--cache_dir={args.cache_dir}", f"--work_dir={args.work_dir}"],
-            cwd=common.REPO, capture_output=True, text=True, timeout=3600)
-        if out.returncode != 0:
-            raise SystemExit(f"bench.pruning_overhead: {label} / {policy} failed:\n"
-                             + out.stderr[-2000:])
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"[bench] {row}", file=sys.stderr, flush=True)
-        rows.append(row)
+        rows.append(common.row_in_subprocess(
+            "bench.pruning_overhead",
+            [f"--method={i}", f"--model_size={args.model_size}", f"--clients={args.clients}"],
+            args, f"{label} / {policy}"))
     return common.header({
         "model_size": args.model_size, "clients": args.clients,
         "client_epochs": args.client_epochs, "repeats": args.repeats,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -85,19 +84,9 @@ def run(args) -> dict:
     for model_size in args.model_sizes.split(","):
         size_rows = []
         for cohort in [int(c) for c in args.cohorts.split(",")]:
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.scaling", "--one",
-                 f"--model_size={model_size}", f"--cohort={cohort}",
-                 f"--client_epochs={args.client_epochs}", f"--repeats={args.repeats}",
-                 f"--num_train_speakers={args.num_train_speakers}",
-                 f"--cache_dir={args.cache_dir}", f"--work_dir={args.work_dir}"],
-                cwd=common.REPO, capture_output=True, text=True, timeout=3600)
-            if out.returncode != 0:
-                raise SystemExit(f"bench.scaling: {model_size} at cohort {cohort} failed:\n"
-                                 + out.stderr[-2000:])
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"[bench] {row}", file=sys.stderr, flush=True)
-            size_rows.append(row)
+            size_rows.append(common.row_in_subprocess(
+                "bench.scaling", ["--one", f"--model_size={model_size}", f"--cohort={cohort}"],
+                args, f"{model_size} at cohort {cohort}"))
         rows += size_rows
         if len(size_rows) >= 2:
             fits[model_size] = _fit(size_rows)

@@ -4,6 +4,7 @@ Timing goals are never asserted here: they are ratios for `bench/results/`.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -73,5 +74,7 @@ def test_scaling_writes_its_table_and_slope(tmp_path, corpus_cache):
     data = json.loads((tmp_path / "scaling.json").read_text())
     assert [r["cohort"] for r in data["rows"]] == [1, 2]
     assert all(r["worker_peak_rss_mib"] > 0 for r in data["rows"])
-    assert data["fits"]["micro"]["seconds_per_client"] > 0
+    # A slope is reported (its sign is timing: never asserted here).
+    fit = data["fits"]["micro"]
+    assert all(math.isfinite(fit[k]) for k in ("seconds_per_client", "rss_mib_per_client"))
     assert len(_table_rows(tmp_path / "scaling.md")) == 2
