@@ -82,8 +82,10 @@ def main(argv):
               "same command to resume", file=sys.stderr)
         return 3
     final = summary["final"]
-    print(f"[tff-prune] held-out WER {final['wer']:.3f}  CER {final['cer']:.3f}  "
-          f"loss {final['loss']:.3f}  ({summary['wall_seconds'] / 60:.1f} min)")
+    scores = "  ".join(f"{m['name'].upper()} {final[m['name']]:.3f}"
+                       for m in summary["metrics"] if not m["detail"])
+    print(f"[tff-prune] held-out {scores}  loss {final['loss']:.3f}  "
+          f"({summary['wall_seconds'] / 60:.1f} min)")
     extra = ", tensorboard/, checkpoints/" if config.mode == "federated" else ", checkpoints/"
     print(f"[tff-prune] results: {config.output_dir}/ (summary.json, metrics.csv, "
           f"eval.csv{extra})")
@@ -125,24 +127,27 @@ class _Progress:
         self.unit = "round" if config.mode == "federated" else "epoch"
         self.enabled = mode == "on" or (mode == "auto" and sys.stdout.isatty())
         self.bar = None
-        self.wer = None
+        self.headline = None  # (name, value) of the task's first metric
 
     def update(self, row: dict) -> None:
-        if "eval_wer" in row:
-            self.wer = row["eval_wer"]
+        # The task's metrics, headline first, on rounds that evaluated.
+        metrics = [(name, row[f"eval_{name}"]) for name in row.get("shown_metrics", ())
+                   if f"eval_{name}" in row]
+        if metrics:
+            self.headline = metrics[0]
         if not self.enabled:
-            if "eval_wer" in row:
+            if metrics:
+                scores = " ".join(f"{name.upper()} {value:.3f}" for name, value in metrics)
                 print(f"[{self.unit} {row['round']}] loss {row['train_loss']:.2f}  "
-                      f"sparsity {row['sparsity']:.3f}  held-out WER {row['eval_wer']:.3f} "
-                      f"CER {row['eval_cer']:.3f}", flush=True)
+                      f"sparsity {row['sparsity']:.3f}  held-out {scores}", flush=True)
             return
         if self.bar is None:
             import tqdm  # pylint: disable=g-import-not-at-top
             self.bar = tqdm.tqdm(total=self.total, initial=row["round"] - 1,
                                  unit=self.unit, dynamic_ncols=True)
         postfix = {"loss": f"{row['train_loss']:.2f}", "sparsity": f"{row['sparsity']:.2f}"}
-        if self.wer is not None:
-            postfix["WER"] = f"{self.wer:.3f}"
+        if self.headline is not None:
+            postfix[self.headline[0].upper()] = f"{self.headline[1]:.3f}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
 

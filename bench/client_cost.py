@@ -33,11 +33,11 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3
 import tensorflow as tf
 
 import tff_prune.runtime  # noqa: F401  (TFF's default context must never start a worker)
+from tasks.asr import compaction
 from tasks.asr import data as data_lib
 from tasks.asr import task as task_lib
 from tff_prune import client_cost
 from tff_prune import wrappers
-from tff_prune.export import compaction
 from tff_prune.export import masking
 
 VARIANTS = ("dense", "masked", "compact")
@@ -60,7 +60,7 @@ def client_model(task: task_lib.AsrTask, variant: str, sparsity: float
     if variant == "dense":
         return model, [None] * len(model.trainable_weights)
     kernel_masks = masking.apply_magnitude_masks(
-        model, "structured", sparsity, "column", task.model_config.num_heads)
+        model, "structured", sparsity, "column", task.model_structure)
     if variant == "compact":
         compact, _ = compaction.compact_model(model, task.model_config)
         return compact, [tf.cast(tf.not_equal(v, 0), tf.float32) if "kernel" in v.name

@@ -32,7 +32,10 @@ import tensorflow as tf
 import tff_prune.runtime  # noqa: F401  (TFF's default context must never start a worker)
 from tasks.asr import features as features_lib
 from tasks.asr import model as model_lib
+from tasks.asr import serving
 from tasks.asr import text
+from tasks.asr import units
+from tasks.asr.export import AsrExport
 from tff_prune.export import masking
 from tff_prune.export import measure
 from tff_prune.export import pipeline
@@ -61,9 +64,9 @@ def run(model_size: str, repeats: int, seed: int) -> list[dict]:
             masking.randomize_non_kernel_weights(model, seed=seed)
             if scheme != "none":
                 masking.apply_magnitude_masks(model, scheme, sparsity, "column",
-                                              num_heads=config.num_heads)
+                                              units.ConformerStructure(config.num_heads))
             result = pipeline.export_model(
-                model, config, features_lib.FeatureConfig(), base, f"m{len(rows)}",
+                model, AsrExport(config, features_lib.FeatureConfig()), base, f"m{len(rows)}",
                 compact=compact, tflite=True, tflite_sparsity=scheme == "unstructured")
             rows.append({
                 "variant": name, "params": result.params,
@@ -76,8 +79,12 @@ def run(model_size: str, repeats: int, seed: int) -> list[dict]:
                 "path": result.path})
             print(f"exported {name}: {result.params} params", file=sys.stderr)
         paths = [r["path"] for r in rows]
-        latencies = measure.serving_latencies(paths, repeats=repeats)
-        model_latencies = measure.serving_latencies(paths, repeats=repeats, signature="features")
+        latencies = measure.serving_latencies(
+            paths, serving.latency_request(serving.SERVING_SIGNATURE),
+            serving.SERVING_SIGNATURE, repeats=repeats)
+        model_latencies = measure.serving_latencies(
+            paths, serving.latency_request(serving.FEATURES_SIGNATURE),
+            serving.FEATURES_SIGNATURE, repeats=repeats)
     for row, latency, model_latency in zip(rows, latencies, model_latencies):
         row["latency_ms"] = latency * 1000
         row["latency_ratio"] = latency / latencies[0]

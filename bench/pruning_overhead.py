@@ -31,7 +31,8 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3
 # pylint: disable=wrong-import-position
 from bench import common
 from tff_prune import config as config_lib
-from tff_prune import experiment
+from tff_prune import experiment_config
+from tff_prune import federated_driver
 from tff_prune import process as process_lib
 from tff_prune import runtime
 from tff_prune.pruning import schedule as schedule_lib
@@ -77,8 +78,8 @@ def window_variant(name: str, task, pruning: config_lib.PruningConfig,
     """A variant whose step runs the window from the state after round 1."""
     built = process_lib.build_federated_pruning_process(
         task, pruning, common.client_optimizer(), common.server_optimizer())
-    rounds = experiment.build_rounds(
-        experiment.ExperimentConfig(pruning=pruning), task, built)
+    rounds = federated_driver.build_rounds(
+        experiment_config.ExperimentConfig(pruning=pruning), task, built)
     next_fn = rounds.next if rounds is not None else built.process.next
     start = next_fn(built.process.initialize(), data).state
 

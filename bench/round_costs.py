@@ -38,14 +38,14 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from bench import common
+from tasks.asr import compaction
 from tasks.asr import text
 from tff_prune import compact_rounds
 from tff_prune import config as config_lib
-from tff_prune import experiment
+from tff_prune import accounting
 from tff_prune import process as process_lib
 from tff_prune import runtime
 from tff_prune import variable_model
-from tff_prune.export import compaction
 from tff_prune.pruning import schedule as schedule_lib
 
 REPO = common.REPO
@@ -182,14 +182,14 @@ def run(args) -> dict:
         common.time_round_robin(variants, data, args.repeats)
     rows = []
     dense = variants[0]
-    dense_down, dense_up = experiment.round_wire_bytes(dense.client_work)
+    dense_down, dense_up = accounting.round_wire_bytes(dense.client_work)
     costs = {}
     for variant in variants:
         row = {"variant": variant.name,
                "round_seconds_median": float(np.median(variant.seconds)),
                "round_vs_dense": float(np.median(variant.seconds) / np.median(dense.seconds))}
         if variant.client_work is not None:
-            down, up = experiment.round_wire_bytes(variant.client_work)
+            down, up = accounting.round_wire_bytes(variant.client_work)
             row.update(bytes_down=down, bytes_up=up, down_vs_dense=down / dense_down,
                        up_vs_dense=up / dense_up)
         if variant.client_work is not None and not args.skip_client_cost:

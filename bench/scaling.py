@@ -33,7 +33,8 @@ from bench import common
 def measure_one(args) -> dict:
     """One (model size, cohort) in this process; returns its row."""
     from tff_prune import config as config_lib  # pylint: disable=import-outside-toplevel
-    from tff_prune import experiment  # pylint: disable=import-outside-toplevel
+    from tff_prune import experiment_config  # pylint: disable=import-outside-toplevel
+    from tff_prune import federated_driver  # pylint: disable=import-outside-toplevel
     from tff_prune import process as process_lib  # pylint: disable=import-outside-toplevel
     from tff_prune import runtime  # pylint: disable=import-outside-toplevel
     from tff_prune.pruning import schedule as schedule_lib  # pylint: disable=import-outside-toplevel
@@ -48,8 +49,8 @@ def measure_one(args) -> dict:
     with runtime.local_runtime(log_dir=os.path.join(args.work_dir, "logs")) as rt:
         built = process_lib.build_federated_pruning_process(
             task, pruning, common.client_optimizer(), common.server_optimizer())
-        rounds = experiment.build_rounds(experiment.ExperimentConfig(pruning=pruning),
-                                         task, built)
+        rounds = federated_driver.build_rounds(
+            experiment_config.ExperimentConfig(pruning=pruning), task, built)
         state = built.process.initialize()
         for _ in range(2):  # masks, then the compact round's first build
             state = rounds.next(state, data).state

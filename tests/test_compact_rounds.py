@@ -14,11 +14,11 @@ from tasks.asr import text
 from tff_prune import client_model
 from tff_prune import compact_rounds
 from tff_prune import config as config_lib
-from tff_prune import experiment
+from tff_prune import accounting
 from tff_prune import process as process_lib
 from tff_prune import wire
 from tff_prune import wrappers
-from tff_prune.export import compaction
+from tasks.asr import compaction
 from tff_prune.pruning import schedule as schedule_lib
 
 _CACHE = {}
@@ -145,12 +145,12 @@ def test_reported_bytes_are_the_bytes_of_the_values_that_cross_the_wire(micro_ta
     for client_work, received in (
             (built.client_work, built.to_wire(state.global_model_weights)),
             (arch.client_work, arch.wire(state.global_model_weights, plan.tensors()))):
-        down, up = experiment.round_wire_bytes(client_work)
+        down, up = accounting.round_wire_bytes(client_work)
         assert _nbytes(received) == down
         result = client_work.next(state.client_work, [received], data).result[0]
         assert _nbytes((result.update, result.update_weight)) == up
     # Dense FedAvg's figure: the full model's float32 weights.
-    assert experiment.dense_bytes_per_client(built.index) == 4 * sum(
+    assert accounting.dense_bytes_per_client(built.index) == 4 * sum(
         int(np.prod(s)) for s in built.index.trainable_shapes)
 
 
@@ -182,7 +182,7 @@ def test_clients_score_only_before_mask_updates_and_training_is_unchanged(
         assert (score_field in sent) == (round_num == 2), round_num
         if round_num != 2:
             assert client_work is not built.client_work
-            _, up = experiment.round_wire_bytes(client_work)
+            _, up = accounting.round_wire_bytes(client_work)
             assert up < wire.type_bytes(built.client_work.next.type_signature.result.result)
         data = _datasets(micro_task, round_num)
         ours = rounds.next(ours, data).state

@@ -12,7 +12,8 @@ from tasks.asr import features as features_lib
 from tasks.asr import librispeech
 from tasks.asr import model as model_lib
 from tasks.asr import text
-from tff_prune.export import compaction
+from tasks.asr import units
+from tasks.asr import compaction
 from tff_prune.export import masking
 
 CFG = model_lib.ConformerConfig.tiny(dropout=0.0)
@@ -29,7 +30,8 @@ def base_weights():
 def _pruned(base_weights, scheme, sparsity, structure="column"):
     model = model_lib.build_conformer_ctc(CFG, text.VOCAB_SIZE)
     model.set_weights(base_weights)
-    masking.apply_magnitude_masks(model, scheme, sparsity, structure)
+    masking.apply_magnitude_masks(model, scheme, sparsity, structure,
+                                  units.ConformerStructure(CFG.num_heads))
     return model
 
 

@@ -99,9 +99,29 @@ def test_loads_a_run_without_model_config_from_its_summary(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     for path in (tmp_path, tmp_path / "final_model", tmp_path / "final_model" / "weights"):
         run = checkpoint.load_saved_run(str(path))
-        assert run.model_config == model_lib.ConformerConfig.tiny(dropout=0.0)
+        assert run.task_export.model_config == model_lib.ConformerConfig.tiny(dropout=0.0)
         assert run.pruning == {"scheme": "none"}
         for a, b in zip(run.model.get_weights(), model.get_weights()):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         checkpoint.load_saved_run(str(tmp_path / "missing"))
+
+
+def test_loads_a_run_without_model_config_from_a_named_task_config(tmp_path):
+    """Newer summaries: config.task_name and the task's config ({"corpus", "model"})."""
+    tf.keras.utils.set_random_seed(4)
+    model = model_lib.build_conformer_ctc(model_lib.ConformerConfig.tiny(), text.VOCAB_SIZE)
+    (tmp_path / "final_model").mkdir()
+    model.save_weights(str(tmp_path / "final_model" / "weights"))
+    summary = {"config": {"task_name": "asr",
+                          "task": {"corpus": {"corpus_dir": None},
+                                   "model": {"model_size": "tiny", "dropout": 0.0,
+                                             "feature": {"num_mel_bins": 80}}},
+                          "pruning": {"scheme": "structured"}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    run = checkpoint.load_saved_run(str(tmp_path))
+    assert run.task_export.model_name == "asr"
+    assert run.task_export.model_config == model_lib.ConformerConfig.tiny(dropout=0.0)
+    assert run.pruning == {"scheme": "structured"}
+    for a, b in zip(run.model.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -1,7 +1,7 @@
 """The serving export of a saved run: layout, signatures, saved_model_cli, clients, TF Serving.
 
 One module fixture saves a structured-50% tiny model as a finished run would
-(`experiment._save_model` + summary.json), exports it with the real CLI
+(`final_model.save_final_model` + summary.json), exports it with the real CLI
 (`python -m tff_prune.export`, compacted: version 1), then exports the masked
 model in-process (version 2). Everything is checked on real FLAC utterances.
 """
@@ -24,11 +24,16 @@ from tasks.asr import ctc
 from tasks.asr import features as features_lib
 from tasks.asr import librispeech
 from tasks.asr import model as model_lib
+from tasks.asr import serving
+from tasks.asr import spec as asr_spec
 from tasks.asr import task as task_lib
 from tasks.asr import text
+from tasks.asr import units
+from tasks.asr.export import AsrExport
 from tff_prune import config as config_lib
-from tff_prune import experiment
-from tff_prune import serve_client
+from tff_prune import experiment_config
+from tff_prune import final_model
+from tasks.asr import serve_client
 from tff_prune import wrappers
 from tff_prune.export import masking
 from tff_prune.export import pipeline
@@ -50,11 +55,14 @@ def _tree_digest(path):
     return digest
 
 
-def _save_as_run(model, out_dir):
+def _save_as_run(model, out_dir, corpus_dir):
     """Writes final_model/ and summary.json exactly as a structured run does."""
-    config = experiment.ExperimentConfig(
+    corpus = librispeech.load_librispeech(os.path.join(corpus_dir, "test"))
+    task = task_lib.AsrTask(corpus, corpus, task_lib.AsrTaskConfig(model_size="tiny",
+                                                                   dropout=0.0))
+    config = experiment_config.ExperimentConfig(
         root_output_dir=os.path.dirname(out_dir), experiment_name=os.path.basename(out_dir),
-        task=task_lib.AsrTaskConfig(model_size="tiny", dropout=0.0),
+        task_name="asr", task=asr_spec.AsrConfig(model=task.config),
         pruning=config_lib.PruningConfig(scheme="structured", structure="column"))
     os.makedirs(out_dir)
     wrapped = wrappers.wrap_for_pruning(model, wrappers.select_prunable_layers(model))
@@ -65,9 +73,9 @@ def _save_as_run(model, out_dir):
                       else wrapped.get_layer(f"prune_low_magnitude_{layer.name}").layer)
             target.set_weights(layer.get_weights())
     weights = tff.learning.models.ModelWeights.from_model(wrapped)
-    experiment._save_model(wrapped, weights, out_dir, config)  # pylint: disable=protected-access
+    final_model.save_final_model(wrapped, weights, out_dir, task, wrapped=True)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump({"config": experiment._jsonable(dataclasses.asdict(config))}, f)  # pylint: disable=protected-access
+        json.dump({"config": experiment_config.jsonable(dataclasses.asdict(config))}, f)
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +88,15 @@ def utterances(tiny_corpus_dir):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, tiny_corpus_dir):
     tmp = tmp_path_factory.mktemp("export")
     tf.keras.utils.set_random_seed(0)
     masked = model_lib.build_conformer_ctc(CFG, text.VOCAB_SIZE)
     masking.randomize_non_kernel_weights(masked, seed=1)
-    masking.apply_magnitude_masks(masked, "structured", 0.5, "column")
+    masking.apply_magnitude_masks(masked, "structured", 0.5, "column",
+                                  units.ConformerStructure(CFG.num_heads))
     run_dir = str(tmp / "experiments" / "structured_column_s50")
-    _save_as_run(masked, run_dir)
+    _save_as_run(masked, run_dir, tiny_corpus_dir)
     base = str(tmp / "serving")
     env = {**os.environ, "PYTHONPATH": ROOT}
     cli = subprocess.run(
@@ -97,8 +106,8 @@ def exported(tmp_path_factory):
     assert cli.returncode == 0, cli.stderr[-3000:]
     v1 = os.path.join(base, "asr", "1")
     before = _tree_digest(v1)
-    second = pipeline.export_model(masked, CFG, features_lib.FeatureConfig(), base, "asr",
-                                   compact=False, tflite=False)
+    second = pipeline.export_model(masked, AsrExport(CFG, features_lib.FeatureConfig()), base,
+                                   "asr", compact=False, tflite=False)
     return {"masked": masked, "base": base, "v1": v1, "v2": second.path, "second": second,
             "cli_stdout": cli.stdout, "v1_before": before, "tmp": tmp}
 
@@ -230,9 +239,8 @@ def test_waveform_to_transcript_equals_in_process_decoding(exported, utterances,
 def test_compacted_tflite_logits_equal_the_masked_keras_model(exported, utterances):
     # Version 1 is the compacted export: its TFLite file must compute what the
     # masked (uncompacted) Keras model computes, frame by frame.
-    from tff_prune.export import tflite
     with open(os.path.join(exported["v1"], pipeline.TFLITE_FILE), "rb") as f:
-        recognizer = tflite.TfliteRecognizer(f.read())
+        recognizer = serving.TfliteRecognizer(f.read())
     _, client_audio, _ = utterances
     for audio in client_audio[:2]:
         text_ref, logits_ref = _reference(exported["masked"], audio)

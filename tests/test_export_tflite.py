@@ -9,12 +9,12 @@ import tensorflow as tf
 from tasks.asr import features as features_lib
 from tasks.asr import librispeech
 from tasks.asr import model as model_lib
+from tasks.asr import serving
 from tasks.asr import text
-from tff_prune import serve_client
+from tasks.asr.export import AsrExport
+from tasks.asr import serve_client
 from tff_prune.export import masking
 from tff_prune.export import pipeline
-from tff_prune.export import savedmodel
-from tff_prune.export import tflite
 
 CFG = model_lib.ConformerConfig.tiny(dropout=0.0)
 
@@ -32,7 +32,7 @@ def exported(tmp_path_factory):
     model = model_lib.build_conformer_ctc(CFG, text.VOCAB_SIZE)
     masking.randomize_non_kernel_weights(model, seed=2)
     masking.apply_magnitude_masks(model, "unstructured", 0.8)
-    result = pipeline.export_model(model, CFG, features_lib.FeatureConfig(),
+    result = pipeline.export_model(model, AsrExport(CFG, features_lib.FeatureConfig()),
                                    str(tmp_path_factory.mktemp("serving")), "asr",
                                    tflite=True, tflite_sparsity=True)
     with open(os.path.join(result.path, pipeline.TFLITE_FILE), "rb") as f:
@@ -44,14 +44,14 @@ def exported(tmp_path_factory):
 
 def test_tflite_front_end_equals_the_training_front_end(audio):
     for a in audio:
-        np.testing.assert_array_equal(savedmodel.utterance_log_mel(a, features_lib.FeatureConfig()),
+        np.testing.assert_array_equal(serving.utterance_log_mel(a, features_lib.FeatureConfig()),
                                       features_lib.log_mel_features(a))
 
 
 @pytest.mark.parametrize("variant", ["dense", "sparse"])
 def test_tflite_agrees_with_the_saved_model(exported, audio, variant):
     result, dense, sparse = exported
-    recognizer = tflite.TfliteRecognizer(dense if variant == "dense" else sparse)
+    recognizer = serving.TfliteRecognizer(dense if variant == "dense" else sparse)
     serve = tf.saved_model.load(result.path).signatures["serving_default"]
     texts = []
     for a in audio:  # one utterance at a time: the interpreter resizes its input

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tasks.asr import model as model_lib
 from tasks.asr import text
+from tasks.asr import units as asr_units
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
@@ -15,12 +16,14 @@ from tff_prune import wrappers
 def wrapped():
     tf.keras.utils.set_random_seed(0)
     model = model_lib.build_conformer_ctc(model_lib.ConformerConfig.tiny(), text.VOCAB_SIZE)
-    wrapped = wrappers.wrap_for_pruning(model, wrappers.select_prunable_layers(model))
+    wrapped = wrappers.wrap_for_pruning(
+        model, wrappers.select_prunable_layers(model, model_lib.EXCLUDED_FROM_PRUNING))
     return wrapped, wrappers.index_prunable_weights(wrapped)
 
 
 def _decider(index, **kwargs):
-    return mask_policy.MaskDecider(config_lib.PruningConfig(**kwargs), index, num_heads=4)
+    return mask_policy.MaskDecider(config_lib.PruningConfig(**kwargs), index,
+                                   asr_units.ConformerStructure(num_heads=4))
 
 
 def _random_scores(index, seed=0):

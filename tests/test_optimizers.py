@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_prune import config as config_lib
-from tff_prune import experiment
+from tff_prune import experiment_config
 from tff_prune import optimizers
 from tff_prune import process as process_lib
 
@@ -46,7 +46,7 @@ def test_schedules_give_the_documented_rates():
 ])
 def test_bad_optimizer_flags_are_refused_naming_the_flag(flags, message):
     with pytest.raises(config_lib.ConfigError, match=message):
-        experiment.FederatedConfig(**flags)
+        experiment_config.FederatedConfig(**flags)
 
 
 def test_scheduled_server_optimizer_steps_at_the_rate_of_each_round():
@@ -65,7 +65,7 @@ def test_scheduled_server_optimizer_steps_at_the_rate_of_each_round():
 
 
 def test_fedadam_state_moves_and_clients_train_at_the_scheduled_rate(micro_task, tff_runtime):
-    fed = experiment.FederatedConfig(
+    fed = experiment_config.FederatedConfig(
         total_rounds=4, client_optimizer="sgd", client_learning_rate=0.1,
         client_lr_schedule="exponential", client_lr_decay_rate=0.25,
         server_optimizer="adam", server_learning_rate=0.01)

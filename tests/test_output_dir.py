@@ -11,7 +11,11 @@ import tensorflow_federated as tff
 from absl import flags
 
 from tff_prune import config as config_lib
+from tasks.asr import data as data_lib
+from tasks.asr import spec as asr_spec
+from tff_prune import checkpoints as checkpoints_lib
 from tff_prune import experiment
+from tff_prune import experiment_config
 from tff_prune import experiment_flags
 from tff_prune import output_dir
 
@@ -77,9 +81,9 @@ def test_more_rounds_extend_a_federated_run_and_fewer_are_refused(tmp_path):
 def test_failed_start_records_nothing(tmp_path):
     """A missing corpus stops the run before config.json exists, so the
     corrected command is not refused as 'exists with different settings'."""
-    config = experiment.ExperimentConfig(
+    config = experiment_config.ExperimentConfig(
         root_output_dir=str(tmp_path), experiment_name="run",
-        corpus=experiment.data_lib.CorpusConfig(corpus_dir=str(tmp_path / "nope")))
+        task=asr_spec.AsrConfig(corpus=data_lib.CorpusConfig(corpus_dir=str(tmp_path / "nope"))))
     with pytest.raises(experiment.USER_ERRORS):
         experiment.run(config)
     assert not (tmp_path / "run" / "config.json").exists()
@@ -90,13 +94,13 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsy
     manager = tff.program.FileProgramStateManager(str(checkpoints), prefix="round_")
     structure = [np.zeros(3, np.float32)]
     for version in (2, 4):
-        experiment._sync(manager.save([np.full(3, version, np.float32)], version))
+        checkpoints_lib.sync(manager.save([np.full(3, version, np.float32)], version))
     for name in os.listdir(checkpoints / "round_4"):  # damage the newest save
         if name.endswith(".pb"):
             (checkpoints / "round_4" / name).write_bytes(b"truncated")
     leftover = checkpoints / "round_5_temp99"
     leftover.mkdir()
-    state, version = experiment.load_latest_readable_checkpoint(
+    state, version = checkpoints_lib.load_latest_readable_checkpoint(
         manager, str(checkpoints), structure)
     assert version == 2
     np.testing.assert_array_equal(np.asarray(state[0]), np.full(3, 2, np.float32))

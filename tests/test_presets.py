@@ -10,7 +10,7 @@ import sys
 import pytest
 from absl import flags
 
-from tff_prune import experiment
+from tff_prune import experiment_config
 from tff_prune import experiment_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +48,7 @@ def test_preset_parses_and_validates(path):
 
 def _settings(config) -> dict:
     """What a run computes: its config less where it is written."""
-    record = experiment._jsonable(dataclasses.asdict(
+    record = experiment_config.jsonable(dataclasses.asdict(
         dataclasses.replace(config, experiment_name="-", root_output_dir="-")))
     return record
 
@@ -73,6 +73,11 @@ def test_smoke_groups_merge_only_identical_runs():
     assert len(methods) >= 9
 
 
+def _cache_flags(cache) -> list[str]:
+    """Every task's corpus cache under `cache` (generated once per session)."""
+    return [f"--corpus_cache_dir={cache}", f"--kws_cache_dir={cache / 'kws'}"]
+
+
 @pytest.mark.parametrize("group", _smoke_groups(),
                          ids=lambda g: "+".join(os.path.basename(p)[:-10] for p in g))
 def test_smoke_variant_runs_end_to_end_with_its_settings(group, tmp_path_factory):
@@ -84,21 +89,22 @@ def test_smoke_variant_runs_end_to_end_with_its_settings(group, tmp_path_factory
     name = os.path.basename(path)[:-4]
     result = subprocess.run(
         [sys.executable, "run_experiment.py", f"--flagfile=bazel_configs/{name}.cfg",
-         f"--corpus_cache_dir={cache}", f"--root_output_dir={out}"],
+         *_cache_flags(cache), f"--root_output_dir={out}"],
         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "held-out WER" in result.stdout
     with open(out / name / "summary.json") as f:
         summary = json.load(f)
+    headline = summary["metrics"][0]["name"]  # wer (ASR), accuracy (KWS)
+    assert f"held-out {headline.upper()}" in result.stdout
     # The run used the preset's settings (scheme, structure, importance,
     # allocation, policy, schedule, cohort, mode...), for every preset of the group.
     ran = {k: v for k, v in summary["config"].items()
            if k not in ("experiment_name", "root_output_dir")}
     for member in group:
-        settings = _settings(_config(member, f"--corpus_cache_dir={cache}"))
+        settings = _settings(_config(member, *_cache_flags(cache)))
         expected = {k: v for k, v in json.loads(json.dumps(settings)).items()
                     if k not in ("experiment_name", "root_output_dir")}
         assert ran == expected, member
-    assert 0.0 <= summary["final"]["cer"] <= 2.0
+    assert 0.0 <= summary["final"]["cer" if headline == "wer" else headline] <= 2.0
     if summary["config"]["pruning"]["scheme"] != "none":
         assert summary["final"]["sparsity_per_layer"]["overall"] > 0.2

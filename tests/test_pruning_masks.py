@@ -8,12 +8,13 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_utils
 
-from tff_prune.pruning import conformer_units as cu
+from tasks.asr import units as cu
+from tff_prune.pruning import structures
 from tff_prune.pruning import importance, masks, stats, units
 
 HEADS = 4
 SPARSITIES = (0.3, 0.5, 0.8)
-ALL_SCHEMES = [("unstructured", None), ("block", None)] + [("structured", s) for s in cu.STRUCTURES]
+ALL_SCHEMES = [("unstructured", None), ("block", None)] + [("structured", s) for s in structures.STRUCTURES]
 
 
 def tiny_shapes(depthwise_rank=3):

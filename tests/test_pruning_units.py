@@ -1,9 +1,10 @@
-"""Unit structures of a tiny 2-block Conformer (tff_prune.pruning.units / conformer_units)."""
+"""Unit structures of a tiny 2-block Conformer (tff_prune.pruning.units / tasks.asr.units)."""
 
 import numpy as np
 import pytest
 
-from tff_prune.pruning import conformer_units as cu
+from tasks.asr import units as cu
+from tff_prune.pruning import structures
 from tff_prune.pruning import units
 
 D, FF, HEADS, C, K, FREQ, C2, VOCAB = 16, 64, 4, 16, 7, 19, 8, 10
@@ -19,7 +20,7 @@ def kernel_layers(shapes):
     return [k.rsplit("/", 1)[0] for k in shapes if k.endswith("kernel")]
 
 
-ALL_SCHEMES = [("unstructured", None), ("block", None)] + [("structured", s) for s in cu.STRUCTURES]
+ALL_SCHEMES = [("unstructured", None), ("block", None)] + [("structured", s) for s in structures.STRUCTURES]
 
 
 def build(scheme, structure, shapes=None, prunable=None):

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tff_prune.pruning import conformer_units as cu
+from tasks.asr import units as cu
+from tff_prune.pruning import structures
 from tff_prune.pruning import importance, masks, units, votes
 
 SHAPES = cu.conformer_weight_shapes(d_model=16, num_blocks=2, ff_dim=64, conv_channels=16, conv_kernel=7,
                                     freq_positions=19, subsample_channels=8, vocab_size=10)
 LAYERS = [k.rsplit("/", 1)[0] for k in SHAPES if k.endswith("kernel")]
-ALL_SCHEMES = [("unstructured", None), ("block", None)] + [("structured", s) for s in cu.STRUCTURES]
+ALL_SCHEMES = [("unstructured", None), ("block", None)] + [("structured", s) for s in structures.STRUCTURES]
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,6 +21,7 @@ from tasks import base
 from tff_prune import centralized_pruning
 from tff_prune import config as config_lib
 from tff_prune import evaluation
+from tff_prune import process as process_lib
 from tff_prune import wrappers
 
 
@@ -103,11 +104,12 @@ def train_centralized(
     steps_per_epoch = sum(1 for _ in task.pooled_dataset(training=True, seed=0))
     pruner = None
     if pruning is not None and pruning.enabled:
-        prunable = wrappers.select_prunable_layers(model, pruning.exclude_layers)
+        prunable = wrappers.select_prunable_layers(
+            model, process_lib.excluded_layers(task, pruning))
         wrapped = wrappers.wrap_for_pruning(model, prunable)
         model = wrapped
         pruner = centralized_pruning.CentralizedPruner(
-            model, pruning, getattr(getattr(task, "model_config", None), "num_heads", 1),
+            model, pruning, task.model_structure,
             steps_per_round=round(steps_per_epoch * config.epochs / max(total_rounds, 1)))
     schedule = WarmupCosineDecay(config.learning_rate, config.warmup_steps,
                                  steps_per_epoch * config.epochs,

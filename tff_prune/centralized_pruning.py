@@ -16,6 +16,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tasks import base
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
@@ -35,7 +36,7 @@ class CentralizedPruner:
     """Holds the masks of a wrapped Keras model and updates them on schedule."""
 
     def __init__(self, model: tf.keras.Model, pruning: config_lib.PruningConfig,
-                 num_heads: int, steps_per_round: int):
+                 model_structure: base.ModelStructure, steps_per_round: int):
         if pruning.policy == "client_vote":
             raise config_lib.ConfigError(
                 "--mask_policy=client_vote needs clients: use server or fixed "
@@ -44,7 +45,7 @@ class CentralizedPruner:
         self.pruning = pruning
         self.steps_per_round = max(1, steps_per_round)
         self.index = wrappers.index_prunable_weights(model)
-        self.decider = mask_policy.MaskDecider(pruning, self.index, num_heads)
+        self.decider = mask_policy.MaskDecider(pruning, self.index, model_structure)
         trainable = model.trainable_weights
         self._non_trainable = model.non_trainable_weights
         self._trainable = trainable

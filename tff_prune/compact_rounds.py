@@ -45,12 +45,13 @@ import collections
 import dataclasses
 import hashlib
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tasks import base
 from tff_prune import client_model
 from tff_prune import client_work as client_work_lib
 from tff_prune import config as config_lib
@@ -61,14 +62,8 @@ from tff_prune import wrappers
 _MAX_INDEXED_PARAMS = 2 ** 24
 
 
-class Compactor(Protocol):
-    """A task's compaction (e.g. `tff_prune.export.compaction.ConformerCompactor`)."""
-
-    def compact(self, model: tf.keras.Model) -> tuple[tf.keras.Model, Hashable]:
-        """A stripped, masked model rebuilt without inert units, and its widths."""
-
-    def build(self, widths: Hashable) -> tf.keras.Model:
-        """A fresh model of `widths`, to train."""
+# A task's compaction (`FederatedTask.compactor()`), which the export uses too.
+Compactor = base.Compactor
 
 
 class FullSizeModel:

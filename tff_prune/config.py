@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
-from tff_prune import wrappers
 from tff_prune.pruning import schedule as schedule_lib
 
 SCHEMES = ("none", "unstructured", "structured", "block", "m_by_n")
@@ -39,7 +39,8 @@ class PruningConfig:
         default_factory=lambda: schedule_lib.PruningSchedule(
             kind="step", target_sparsity=0.5, begin_round=1, end_round=4,
             every_rounds=1, refine_rounds=0))
-    exclude_layers: str = wrappers.DEFAULT_EXCLUDE_LAYERS
+    # Regex of layers never pruned; None: the task's `excluded_layers`.
+    exclude_layers: Optional[str] = None
     block_shape: tuple[int, int] = (1, 4)
 
     def __post_init__(self):

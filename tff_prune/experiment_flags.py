@@ -6,13 +6,11 @@ import re
 
 from absl import flags
 
-from tasks.asr import data as data_lib
-from tasks.asr import task as task_lib
+from tasks import registry
 from tff_prune import centralized
 from tff_prune import config as config_lib
-from tff_prune import experiment
+from tff_prune import experiment_config
 from tff_prune import optimizers
-from tff_prune import wrappers
 from tff_prune.pruning import schedule as schedule_lib
 
 # -- run ---------------------------------------------------------------------
@@ -27,28 +25,17 @@ flags.DEFINE_integer("checkpoint_every_rounds", 5,
 flags.DEFINE_bool("overwrite", False,
                   "Replace an existing experiment whose settings differ (else refuse).")
 flags.DEFINE_string("export_dir", None,
-                    "TF Serving export base (EXPORT_DIR/asr/VERSION); default "
+                    "TF Serving export base (EXPORT_DIR/TASK/VERSION); default "
                     "EXPERIMENT_DIR/export; 'none' skips the export.")
 flags.DEFINE_enum("progress", "auto", ["auto", "on", "off"],
                   "Progress bar over rounds; auto: only on an interactive terminal.")
 
-# -- data and model ------------------------------------------------------------
-flags.DEFINE_string("corpus_dir", None,
-                    "LibriSpeech-layout directory (SPEAKER/CHAPTER/*.flac + "
-                    "*.trans.txt). Default: the built-in synthetic eSpeak corpus.")
-flags.DEFINE_string("test_corpus_dir", None,
-                    "Held-out LibriSpeech-layout directory (default: hold out "
-                    "--num_test_speakers speakers of --corpus_dir).")
-flags.DEFINE_integer("num_test_speakers", 20, "Held-out speakers.")
-flags.DEFINE_integer("num_train_speakers", 200, "Synthetic corpus: training speakers.")
-flags.DEFINE_integer("utterances_per_speaker", 30, "Synthetic corpus: utterances each.")
-flags.DEFINE_string("corpus_cache_dir", data_lib.DEFAULT_CACHE_DIR,
-                    "Synthetic corpus: where it is generated once and cached.")
-flags.DEFINE_bool("strict_data", False,
-                  "Fail on the first bad file instead of skipping bad files.")
-flags.DEFINE_enum("model_size", "small", list(task_lib.MODEL_PRESETS),
-                  "Conformer-CTC preset.")
-flags.DEFINE_float("dropout", 0.1, "Dropout rate of the Conformer.")
+# -- task ----------------------------------------------------------------------
+flags.DEFINE_enum("task", registry.DEFAULT_TASK, list(registry.names()),
+                  "What is trained: asr (Conformer-CTC speech recognition) or kws "
+                  "(DS-CNN keyword spotting); each task adds its own flags below.")
+# Every task's flags (absl must know them all before parsing).
+registry.define_all_flags()
 
 # -- pruning -----------------------------------------------------------------
 flags.DEFINE_enum("pruning", "structured", list(config_lib.SCHEMES), "Pruning scheme.")
@@ -69,8 +56,9 @@ flags.DEFINE_integer("prune_every_rounds", 5, "Rounds between mask updates.")
 flags.DEFINE_integer("refine_rounds", 10,
                      "Rounds after --prune_end_round in which masks are re-decided at "
                      "the target; then masks are frozen (fine-tuning).")
-flags.DEFINE_string("exclude_layers", wrappers.DEFAULT_EXCLUDE_LAYERS,
-                    "Regex of layer names never pruned.")
+flags.DEFINE_string("exclude_layers", None,
+                    "Regex of layer names never pruned (default: the task's; ASR: "
+                    "the first subsampling conv and the output layer).")
 flags.DEFINE_list("block_shape", ["1", "4"], "Block shape of --pruning=block (rows,cols).")
 
 # -- federated -----------------------------------------------------------------
@@ -78,9 +66,10 @@ flags.DEFINE_integer("total_rounds", 50, "Federated rounds.")
 flags.DEFINE_integer("clients_per_round", 10, "Cohort size.")
 flags.DEFINE_integer("client_epochs", 3, "Local epochs per round.")
 flags.DEFINE_integer("client_batch_size", 8, "Local batch size (also centralized).")
-flags.DEFINE_enum("client_optimizer", "adam", list(experiment.OPTIMIZERS), "Client optimizer.")
+flags.DEFINE_enum("client_optimizer", "adam", list(experiment_config.OPTIMIZERS),
+                  "Client optimizer.")
 flags.DEFINE_float("client_learning_rate", 3e-3, "Client learning rate.")
-flags.DEFINE_enum("server_optimizer", "sgd", list(experiment.OPTIMIZERS),
+flags.DEFINE_enum("server_optimizer", "sgd", list(experiment_config.OPTIMIZERS),
                   "Server optimizer on the averaged delta: sgd (FedAvg), sgdm "
                   "(server momentum), adam (FedAdam), yogi (FedYogi).")
 flags.DEFINE_float("server_learning_rate", 1.0, "Server learning rate.")
@@ -98,7 +87,7 @@ for _side in ("client", "server"):
                        f"Per-round factor of --{_side}_lr_schedule=exponential.")
 flags.DEFINE_float("clip_norm", 0.0, "Clip each client's weighted delta to this norm (0: off).")
 flags.DEFINE_integer("eval_every_rounds", 10, "Held-out evaluation cadence.")
-flags.DEFINE_enum("client_model", "compact", list(experiment.CLIENT_MODELS),
+flags.DEFINE_enum("client_model", "compact", list(experiment_config.CLIENT_MODELS),
                   "What clients train once units are pruned: the physically smaller "
                   "model (structured schemes; rounds before a mask update train "
                   "masked where clients score pruned weights) or the masked full-size one.")
@@ -120,15 +109,17 @@ _SCHEDULE_FLAG_NAMES = {
 
 
 def default_experiment_name() -> str:
+    """From the method (and the task, unless it is the default one)."""
+    prefix = "" if FLAGS.task == registry.DEFAULT_TASK else f"{FLAGS.task}_"
     if FLAGS.mode == "centralized":
-        return f"centralized_{FLAGS.pruning}"
+        return f"{prefix}centralized_{FLAGS.pruning}"
     if FLAGS.pruning == "none":
-        return "fedavg_dense"
+        return f"{prefix}fedavg_dense"
     name = FLAGS.pruning + (f"_{FLAGS.structure}" if FLAGS.pruning == "structured" else "")
-    return f"{name}_{FLAGS.mask_policy}_s{int(round(FLAGS.target_sparsity * 100))}"
+    return f"{prefix}{name}_{FLAGS.mask_policy}_s{int(round(FLAGS.target_sparsity * 100))}"
 
 
-def experiment_config_from_flags() -> experiment.ExperimentConfig:
+def experiment_config_from_flags() -> experiment_config.ExperimentConfig:
     """Validated `ExperimentConfig`; raises `ConfigError` with one line."""
     try:
         schedule = schedule_lib.PruningSchedule(
@@ -147,8 +138,6 @@ def experiment_config_from_flags() -> experiment.ExperimentConfig:
     except ValueError:
         raise config_lib.ConfigError(
             f"--block_shape must be two ints, not {','.join(FLAGS.block_shape)}") from None
-    if not 0.0 <= FLAGS.dropout < 1.0:
-        raise config_lib.ConfigError(f"--dropout must be in [0, 1), not {FLAGS.dropout}")
     try:
         re.compile(FLAGS.exclude_layers or "")
     except re.error as e:
@@ -163,25 +152,22 @@ def experiment_config_from_flags() -> experiment.ExperimentConfig:
         raise config_lib.ConfigError(
             f"--prune_end_round={FLAGS.prune_end_round} is after the last round "
             f"(--total_rounds={FLAGS.total_rounds})")
-    return experiment.ExperimentConfig(
+    task_config = registry.get(FLAGS.task).config_from_flags(
+        FLAGS, batch_size=batch_size, seed=FLAGS.seed)
+    return experiment_config.ExperimentConfig(
         mode=FLAGS.mode,
         root_output_dir=FLAGS.root_output_dir,
         experiment_name=FLAGS.experiment_name or default_experiment_name(),
         seed=FLAGS.seed,
         checkpoint_every_rounds=FLAGS.checkpoint_every_rounds,
-        corpus=data_lib.CorpusConfig(
-            corpus_dir=FLAGS.corpus_dir, test_corpus_dir=FLAGS.test_corpus_dir,
-            num_test_speakers=FLAGS.num_test_speakers, strict=FLAGS.strict_data,
-            cache_dir=FLAGS.corpus_cache_dir, num_train_speakers=FLAGS.num_train_speakers,
-            utterances_per_speaker=FLAGS.utterances_per_speaker, seed=FLAGS.seed),
-        task=task_lib.AsrTaskConfig(model_size=FLAGS.model_size, dropout=FLAGS.dropout,
-                                    batch_size=batch_size),
+        task_name=FLAGS.task,
+        task=task_config,
         pruning=config_lib.PruningConfig(
             scheme=FLAGS.pruning, structure=FLAGS.structure, importance=FLAGS.importance,
             distribution=FLAGS.sparsity_distribution, policy=FLAGS.mask_policy,
             schedule=schedule, exclude_layers=FLAGS.exclude_layers,
             block_shape=block_shape),
-        federated=experiment.FederatedConfig(
+        federated=experiment_config.FederatedConfig(
             total_rounds=FLAGS.total_rounds, clients_per_round=FLAGS.clients_per_round,
             client_epochs=FLAGS.client_epochs, client_optimizer=FLAGS.client_optimizer,
             client_learning_rate=FLAGS.client_learning_rate,

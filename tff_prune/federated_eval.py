@@ -1,21 +1,20 @@
 """Federated evaluation on held-out clients with the current masks.
 
-Each client decodes its own utterances with the masked global model and
-returns sums (loss, examples, word and character edit distances and reference
-lengths); the server adds them up, so WER/CER are exact corpus-level rates.
+Each client evaluates its own examples with the masked global model and
+returns sums (loss, examples and the task's metric counts, e.g. word and
+character edit distances and reference lengths); the server adds them up, so
+the task's rates are exact corpus-level rates.
 """
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tasks import base
-from tasks.asr import metrics
+from tff_prune import evaluation
 from tff_prune import wrappers
 
 
@@ -41,24 +40,14 @@ def build_federated_evaluation(
         for v, masked in zip(model_weights.trainable,
                              wrappers.apply_weight_masks(model_weights.trainable, masks)):
             v.assign(masked)
-        zero = tf.constant(0.0, tf.float64)
-        totals = collections.OrderedDict(
-            loss_sum=zero, num_examples=zero, word_errors=zero, words=zero,
-            char_errors=zero, chars=zero)
-        for batch in dataset:
-            loss, n = task.batch_loss(model, batch, training=False)
-            hyps, refs = task.predict_and_references(model, batch)
-            word_errors, words = metrics.edit_distance_counts(refs, hyps, "word")
-            char_errors, chars = metrics.edit_distance_counts(refs, hyps, "char")
-            n = tf.cast(n, tf.float64)
-            totals = collections.OrderedDict(
-                loss_sum=totals["loss_sum"] + tf.cast(loss, tf.float64) * n,
-                num_examples=totals["num_examples"] + n,
-                word_errors=totals["word_errors"] + word_errors,
-                words=totals["words"] + words,
-                char_errors=totals["char_errors"] + char_errors,
-                chars=totals["chars"] + chars)
-        return totals
+        # The sums' names and structure, from the batch spec (no data read).
+        zeros = tf.nest.map_structure(
+            lambda t: tf.zeros(t.shape, tf.float64),
+            tf.function(lambda b: evaluation.evaluation_sums(task, model, b))
+            .get_concrete_function(task.batch_spec).structured_outputs)
+        return dataset.reduce(
+            zeros, lambda totals, batch: tf.nest.map_structure(
+                tf.add, totals, evaluation.evaluation_sums(task, model, batch)))
 
     @tff.tensorflow.computation(weights_type, data_type)
     def client_eval(weights, dataset):
@@ -74,13 +63,6 @@ def build_federated_evaluation(
     return evaluate
 
 
-def finalize_eval_sums(sums) -> dict[str, float]:
-    """Loss per example, WER and CER from the summed counts."""
-    sums = {k: float(np.asarray(v)) for k, v in dict(sums).items()}
-    n = max(sums["num_examples"], 1.0)
-    return {
-        "loss": sums["loss_sum"] / n,
-        "wer": sums["word_errors"] / max(sums["words"], 1.0),
-        "cer": sums["char_errors"] / max(sums["chars"], 1.0),
-        "num_examples": sums["num_examples"],
-    }
+def finalize_eval_sums(task: base.FederatedTask, sums) -> dict[str, float]:
+    """Loss per example and the task's metrics from the summed counts."""
+    return evaluation.finalize_sums(task, sums)

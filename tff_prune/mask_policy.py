@@ -13,10 +13,11 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tasks import base
 from tff_prune import config as config_lib
 from tff_prune import wrappers
-from tff_prune.pruning import conformer_units
 from tff_prune.pruning import masks as masks_lib
+from tff_prune.pruning import structures
 from tff_prune.pruning import votes as votes_lib
 
 
@@ -24,7 +25,8 @@ class MaskDecider:
     """Computes kernel masks for one pruning method on one model."""
 
     def __init__(self, pruning: config_lib.PruningConfig,
-                 index: wrappers.PrunableWeightIndex, num_heads: int):
+                 index: wrappers.PrunableWeightIndex,
+                 model_structure: base.ModelStructure):
         self.pruning = pruning
         self.keys = index.keys
         self.structure = None
@@ -34,9 +36,9 @@ class MaskDecider:
             # is never pruned (the depthwise conv) is seen as a direct one.
             shapes = {k: s for k, s in index.weight_shapes().items()
                       if k.rsplit("/", 1)[0] in layers}
-            self.structure = conformer_units.build_unit_structure(
+            self.structure = structures.build_unit_structure(
                 shapes, pruning.scheme, pruning.structure,
-                layers, num_heads, pruning.block_shape)
+                layers, model_structure, pruning.block_shape)
 
     @property
     def covered_keys(self) -> tuple[str, ...]:

@@ -65,16 +65,16 @@ def masked_model_weights(weights: tff.learning.models.ModelWeights,
         non_trainable=tuple(weights.non_trainable))
 
 
-def task_num_heads(task: base.FederatedTask) -> int:
-    """Attention heads of the task's model (1 when it has no model config)."""
-    return getattr(getattr(task, "model_config", None), "num_heads", 1)
+def excluded_layers(task: base.FederatedTask, pruning: config_lib.PruningConfig) -> str:
+    """The regex of layers kept dense: `--exclude_layers`, else the task's default."""
+    return task.excluded_layers if pruning.exclude_layers is None else pruning.exclude_layers
 
 
 def covered_keys(wrapped: tf.keras.Model, pruning: config_lib.PruningConfig,
                  task: base.FederatedTask) -> tuple[str, ...]:
     """Kernels `pruning` decides in the wrapped model (where sparsity is measured)."""
     index = wrappers.index_prunable_weights(wrapped)
-    return mask_policy.MaskDecider(pruning, index, task_num_heads(task)).covered_keys
+    return mask_policy.MaskDecider(pruning, index, task.model_structure).covered_keys
 
 
 def seeded_model(model_fn: Callable[[], tf.keras.Model], seed: int) -> tf.keras.Model:
@@ -108,7 +108,6 @@ def build_federated_pruning_process(
     server_optimizer: tff.learning.optimizers.Optimizer,
     delta_aggregator: Optional[aggregation.MaskedWeightedMeanFactory] = None,
     seed: int = 0,
-    num_heads: Optional[int] = None,
 ) -> FederatedPruningProcess:
     """Federated pruning of `task`'s model as a `LearningProcess`.
 
@@ -119,16 +118,15 @@ def build_federated_pruning_process(
       delta_aggregator: how deltas are averaged; stack TFF clipping/DP sum
         factories under it via its `value_sum_factory`.
       seed: initial weights.
-      num_heads: attention heads (for `--structure=head`); read from the
-        task's model config when None.
     """
     _validate_optimizer_hparams(client_optimizer, server_optimizer)
     reference = task.build_model()
-    prunable = (wrappers.select_prunable_layers(reference, pruning.exclude_layers)
+    excluded = excluded_layers(task, pruning)
+    prunable = (wrappers.select_prunable_layers(reference, excluded)
                 if pruning.enabled else [])
     if pruning.enabled and not prunable:
         raise config_lib.ConfigError(
-            f"--exclude_layers={pruning.exclude_layers!r} leaves no prunable layer")
+            f"--exclude_layers={excluded!r} leaves no prunable layer")
 
     def model_fn() -> tf.keras.Model:
         return wrappers.wrap_for_pruning(task.build_model(), prunable)
@@ -137,9 +135,7 @@ def build_federated_pruning_process(
     # building (and wrapping) a Keras model is a large part of tracing cost.
     model = seeded_model(model_fn, seed)
     index = wrappers.index_prunable_weights(model)
-    if num_heads is None:
-        num_heads = task_num_heads(task)
-    decider = mask_policy.MaskDecider(pruning, index, num_heads)
+    decider = mask_policy.MaskDecider(pruning, index, task.model_structure)
     initial = initial_model_weights(model, index)
 
     @tff.tensorflow.computation

@@ -4,12 +4,25 @@
 
 Every directory `ROOT/NAME/` with a `summary.json` is a finished experiment
 (see `tff_prune/experiment.py` for what a run leaves behind); the others are
-skipped with a note. Writes, into ROOT:
+skipped with a note. The tool is task-agnostic: each summary names its task
+(`config.task_name`) and lists its held-out metrics (`metrics`: name, whether
+lower is better, a description; the first is the headline). A summary without
+them is an ASR run from before tasks existed: WER then CER, lower is better.
 
-  report.md                    the table (+ footnotes, skipped runs, plots)
-  wer_vs_round.png             held-out WER over rounds (epochs), per experiment
-  wer_vs_sparsity.png          final WER vs achieved sparsity, per scheme
-  federated_vs_centralized.png only when centralized runs exist
+The table has one column per metric (the union over the experiments, in order
+of first appearance, upper-cased: `WER`, `CER`, `ACCURACY`, ...) and a leading
+`task` column when the experiments span more than one task. Writes, into ROOT:
+
+  report.md                      the table (+ footnotes, skipped runs, plots)
+  {metric}_vs_round.png          held-out headline metric over rounds (epochs),
+                                 per experiment; one per headline metric, e.g.
+                                 wer_vs_round.png, accuracy_vs_round.png
+  {metric}_vs_sparsity.png       final headline metric vs achieved sparsity,
+                                 per scheme
+  federated_vs_centralized.png   only when centralized runs exist; named
+                                 federated_vs_centralized_{metric}.png (one
+                                 per headline metric) when the experiments
+                                 have more than one headline metric
 
 and prints the table. No TensorFlow import: the tool runs in seconds.
 """
@@ -21,6 +34,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from typing import Any, Optional
 
@@ -34,6 +48,10 @@ FLAGS = flags.FLAGS
 
 REPORT_NAME = "report.md"
 MISSING = "—"
+# The task of a summary whose config names none (from before tasks existed).
+DEFAULT_TASK = "asr"
+# A metric's name: also a column of eval.csv and part of its plots' file names.
+_METRIC_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class ReportError(Exception):
@@ -41,11 +59,34 @@ class ReportError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricInfo:
+    """One held-out metric of a task, as its summary.json lists it."""
+
+    name: str
+    lower_is_better: bool = True
+    description: str = ""
+
+    @property
+    def label(self) -> str:
+        """The metric's name in headers, axes and notes: `WER`, `ACCURACY`."""
+        return self.name.upper()
+
+
+# The metrics of a summary without a "metrics" list: an ASR run from before
+# tasks existed, scored by greedy CTC decoding without a language model.
+LEGACY_METRICS = (
+    MetricInfo("wer", True, "word error rate (greedy CTC decoding, no LM)"),
+    MetricInfo("cer", True, "character error rate (greedy CTC decoding, no LM)"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class CurvePoint:
-    """One held-out evaluation: the round (epoch when centralized), WER, sparsity."""
+    """One held-out evaluation: the round (epoch when centralized), the value of
+    the experiment's headline metric, the sparsity."""
 
     step: int
-    wer: float
+    value: float
     sparsity: Optional[float]
 
 
@@ -63,15 +104,26 @@ class Experiment:
     importance: str
     target_sparsity: Optional[float]
     achieved_sparsity: Optional[float]
-    wer: Optional[float]
-    cer: Optional[float]
+    task: str
+    metrics: tuple[MetricInfo, ...]  # the headline first
+    # The final value of each metric, by name.
+    scores: dict[str, Optional[float]] = dataclasses.field(hash=False)
     params: Optional[int]
     nonzero_params: Optional[int]
     dense_bytes: Optional[int]
     sparse_bytes: Optional[int]
     clients_per_round: Optional[int]
     total_steps: Optional[int]
-    curve: tuple[CurvePoint, ...]
+    curve: tuple[CurvePoint, ...]  # of the headline metric
+
+    def score(self, name: str) -> Optional[float]:
+        """The final value of metric `name`; None if missing or not this task's."""
+        return self.scores.get(name)
+
+    @property
+    def headline(self) -> str:
+        """The name of the task's headline metric (the first one)."""
+        return self.metrics[0].name
 
     @property
     def centralized(self) -> bool:
@@ -117,8 +169,8 @@ def _int(value: Any) -> Optional[int]:
     return None if number is None else int(number)
 
 
-def read_curve(path: str, step_column: str) -> tuple[CurvePoint, ...]:
-    """Held-out WER per evaluation from an `eval.csv` (empty if absent or bad).
+def read_curve(path: str, step_column: str, metric: str) -> tuple[CurvePoint, ...]:
+    """Held-out `metric` per evaluation from an `eval.csv` (empty if absent or bad).
 
     Rows are sorted by step; a step evaluated twice (a resumed run) keeps its
     last row.
@@ -128,10 +180,35 @@ def read_curve(path: str, step_column: str) -> tuple[CurvePoint, ...]:
     points: dict[int, CurvePoint] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            step, wer = _int(row.get(step_column)), _float(row.get("wer"))
-            if step is not None and wer is not None:
-                points[step] = CurvePoint(step, wer, _float(row.get("sparsity")))
+            step, value = _int(row.get(step_column)), _float(row.get(metric))
+            if step is not None and value is not None:
+                points[step] = CurvePoint(step, value, _float(row.get("sparsity")))
     return tuple(points[s] for s in sorted(points))
+
+
+def read_metrics(summary: dict) -> tuple[MetricInfo, ...]:
+    """The summary's metrics, the headline first; `LEGACY_METRICS` when it has
+    none listed. ValueError if the list is malformed."""
+    if "metrics" not in summary:
+        return LEGACY_METRICS
+    entries = summary["metrics"]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("summary.json has an empty or malformed metrics list")
+    metrics, seen = [], set()
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not _METRIC_NAME.match(name) or name in seen:
+            raise ValueError(f"summary.json has a malformed metric entry: {entry!r}")
+        seen.add(name)
+        if entry.get("detail") is True:
+            continue  # a breakdown (e.g. per class): eval.csv and summary.json only
+        lower = entry.get("lower_is_better", True)
+        description = entry.get("description")
+        metrics.append(MetricInfo(name, lower if isinstance(lower, bool) else True,
+                                  description if isinstance(description, str) else ""))
+    if not metrics:
+        raise ValueError("summary.json lists only detail metrics")
+    return tuple(metrics)
 
 
 def _structure(pruning: dict) -> str:
@@ -175,11 +252,16 @@ def load_experiment(path: str) -> Experiment:
     if not isinstance(summary, dict) or not isinstance(summary.get("config"), dict):
         raise ValueError("summary.json has no config")
     config = summary["config"]
+    metrics = read_metrics(summary)
+    task = config.get("task_name")
+    task = task if isinstance(task, str) and task else DEFAULT_TASK
+    final = summary.get("final") if isinstance(summary.get("final"), dict) else {}
     mode = str(config.get("mode", "federated"))
     pruning = config.get("pruning") if isinstance(config.get("pruning"), dict) else {}
     scheme = str(pruning.get("scheme", MISSING))
     centralized = mode == "centralized"
-    curve = read_curve(os.path.join(path, "eval.csv"), "epoch" if centralized else "round")
+    curve = read_curve(os.path.join(path, "eval.csv"), "epoch" if centralized else "round",
+                       metrics[0].name)
     target = _float(_get(pruning, "schedule.target_sparsity")) if scheme != "none" else None
     return Experiment(
         name=os.path.basename(os.path.normpath(path)), path=path, mode=mode,
@@ -189,7 +271,8 @@ def load_experiment(path: str) -> Experiment:
         importance=_pruning_field(pruning, "importance"),
         target_sparsity=target,
         achieved_sparsity=_achieved_sparsity(summary, scheme, curve),
-        wer=_float(_get(summary, "final.wer")), cer=_float(_get(summary, "final.cer")),
+        task=task, metrics=metrics,
+        scores={m.name: _float(final.get(m.name)) for m in metrics},
         params=_int(_get(summary, "model.params")),
         nonzero_params=_int(_get(summary, "model.nonzero_params")),
         dense_bytes=_int(_get(summary, "model.dense_bytes")),
@@ -222,7 +305,7 @@ def find_experiments(root: str) -> tuple[list[Experiment], list[str]]:
 
 
 def _sort_key(exp: Experiment) -> tuple:
-    return (exp.centralized, exp.pruned, exp.method, exp.policy,
+    return (exp.task, exp.centralized, exp.pruned, exp.method, exp.policy,
             exp.target_sparsity or 0.0, exp.name)
 
 
@@ -294,23 +377,83 @@ BYTES_FOOTNOTE = (
     "target moved more (up to 2 × dense bytes per client); TFF framing, "
     "optimizer state and metrics are not counted. Centralized runs move nothing.")
 
-FOOTNOTES = (
+SPARSITY_FOOTNOTE = (
     "Sparsity: fraction of zero weights in the prunable kernels at the end of "
-    "the run; target is the schedule's `--target_sparsity`.",
-    "WER / CER: the final held-out evaluation (greedy CTC decoding, no LM).",
+    "the run; target is the schedule's `--target_sparsity`.")
+
+MODEL_BYTES_FOOTNOTE = (
     "Model bytes: dense = 4 B (fp32) per parameter; sparse = 4 B per non-zero "
     "+ a 1-bit-per-element occupancy bitmask (`tff_prune/pruning/stats.py`); "
-    "kB/MB are 10^3/10^6 bytes.",
-    BYTES_FOOTNOTE,
-)
+    "kB/MB are 10^3/10^6 bytes.")
 
-COLUMNS = (  # (header, right-aligned)
+# ASR's metrics get one joint footnote, as before tasks existed, while their
+# descriptions are the legacy ones or those of the ASR task.
+ASR_FOOTNOTE = "WER / CER: the final held-out evaluation (greedy CTC decoding, no LM)."
+_ASR_DESCRIPTIONS = {
+    "wer": {"", LEGACY_METRICS[0].description, "word error rate (greedy CTC, no LM)"},
+    "cer": {"", LEGACY_METRICS[1].description, "character error rate"},
+}
+
+# The table's columns before and after the metrics: (header, right-aligned).
+_LEADING_COLUMNS = (
     ("experiment", False), ("mode", False), ("scheme", False), ("structure", False),
     ("policy", False), ("distribution", False), ("importance", False),
-    ("target sparsity", True), ("achieved sparsity", True), ("WER", True), ("CER", True),
+    ("target sparsity", True), ("achieved sparsity", True),
+)
+_TRAILING_COLUMNS = (
     ("params", True), ("non-zero params", True), ("dense bytes", True),
     ("sparse bytes", True), ("bytes/round", True), ("vs FedAvg", True),
 )
+
+
+def report_metrics(experiments: list[Experiment]) -> list[MetricInfo]:
+    """The union of the experiments' metrics, by name, in order of first appearance."""
+    seen: dict[str, MetricInfo] = {}
+    for exp in experiments:
+        for metric in exp.metrics:
+            seen.setdefault(metric.name, metric)
+    return list(seen.values())
+
+
+def _tasks(experiments: list[Experiment]) -> list[str]:
+    return sorted({e.task for e in experiments})
+
+
+def _metric_footnote(metric: MetricInfo) -> str:
+    details = [d for d in (metric.description,
+                           "" if metric.lower_is_better else "higher is better") if d]
+    detail = f" ({'; '.join(details)})" if details else ""
+    return f"{metric.label}: the final held-out evaluation{detail}."
+
+
+def metric_footnotes(metrics: list[MetricInfo]) -> list[str]:
+    """One footnote per metric; ASR's WER and CER share today's line."""
+    by_name = {m.name: m for m in metrics}
+    asr = all(name in by_name and by_name[name].lower_is_better
+              and by_name[name].description in descriptions
+              for name, descriptions in _ASR_DESCRIPTIONS.items())
+    notes = []
+    for metric in metrics:
+        if asr and metric.name in _ASR_DESCRIPTIONS:
+            if metric.name == "wer":  # CER is in the same line
+                notes.append(ASR_FOOTNOTE)
+        else:
+            notes.append(_metric_footnote(metric))
+    return notes
+
+
+def footnotes(experiments: list[Experiment]) -> list[str]:
+    """The table's footnotes: sparsity, each metric, model bytes, bytes/round."""
+    return ([SPARSITY_FOOTNOTE] + metric_footnotes(report_metrics(experiments))
+            + [MODEL_BYTES_FOOTNOTE, BYTES_FOOTNOTE])
+
+
+def columns(experiments: list[Experiment]) -> list[tuple[str, bool]]:
+    """The table's (header, right-aligned) columns for these experiments: a
+    leading `task` column when they span several tasks, one per metric."""
+    task = [("task", False)] if len(_tasks(experiments)) > 1 else []
+    metric_columns = [(m.label, True) for m in report_metrics(experiments)]
+    return task + list(_LEADING_COLUMNS) + metric_columns + list(_TRAILING_COLUMNS)
 
 
 def human_bytes(value: Optional[int]) -> str:
@@ -329,31 +472,36 @@ def _fmt(value: Optional[float], pattern: str) -> str:
     return MISSING if value is None else format(value, pattern)
 
 
-def table_row(exp: Experiment) -> list[str]:
-    """The table's cells for one experiment, in `COLUMNS` order."""
-    return [
+def table_row(exp: Experiment, metrics: list[MetricInfo],
+              with_task: bool = False) -> list[str]:
+    """The table's cells for one experiment, in `columns` order: `metrics` are
+    the report's metric columns (MISSING where not this experiment's)."""
+    return (([exp.task] if with_task else []) + [
         exp.name, exp.mode, exp.scheme, exp.structure, exp.policy,
         exp.distribution, exp.importance,
         _fmt(exp.target_sparsity, ".2f"), _fmt(exp.achieved_sparsity, ".3f"),
-        _fmt(exp.wer, ".3f"), _fmt(exp.cer, ".3f"),
+    ] + [_fmt(exp.score(m.name), ".3f") for m in metrics] + [
         _fmt(exp.params, ","), _fmt(exp.nonzero_params, ","),
         human_bytes(exp.dense_bytes), human_bytes(exp.sparse_bytes),
         human_bytes(bytes_per_round(exp)), _fmt(wire_vs_dense(exp), ".2f"),
-    ]
+    ])
 
 
 def markdown_table(experiments: list[Experiment]) -> str:
     """A Markdown table, padded so it also reads well in a terminal."""
-    rows = [[h for h, _ in COLUMNS]] + [table_row(e) for e in experiments]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    cols = columns(experiments)
+    metrics = report_metrics(experiments)
+    with_task = len(_tasks(experiments)) > 1
+    rows = [[h for h, _ in cols]] + [table_row(e, metrics, with_task) for e in experiments]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
 
     def line(cells: list[str]) -> str:
         padded = [c.rjust(w) if right else c.ljust(w)
-                  for c, w, (_, right) in zip(cells, widths, COLUMNS)]
+                  for c, w, (_, right) in zip(cells, widths, cols)]
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if right else ("-" * (w + 2))
-                          for w, (_, right) in zip(widths, COLUMNS)) + "|"
+                          for w, (_, right) in zip(widths, cols)) + "|"
     return "\n".join([line(rows[0]), rule] + [line(r) for r in rows[1:]])
 
 
@@ -363,7 +511,7 @@ def render_markdown(root: str, experiments: list[Experiment], notes: list[str],
     parts = [f"# Experiments in `{root}`", "",
              f"{len(experiments)} finished experiment(s).", "",
              markdown_table(experiments), ""]
-    parts += [f"{i}. {text}" for i, text in enumerate(FOOTNOTES, 1)] + [""]
+    parts += [f"{i}. {text}" for i, text in enumerate(footnotes(experiments), 1)] + [""]
     if notes:
         parts += ["Notes:", ""] + [f"* {n}" for n in notes] + [""]
     for plot in plots:

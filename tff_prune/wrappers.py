@@ -37,9 +37,6 @@ from tff_prune.pruning import masks as masks_lib
 # mask for its `depthwise_kernel`; it is tiny (k x C) and stays dense. Channel
 # pruning still removes whole channels through the pointwise kernels around it.
 PRUNABLE_LAYER_TYPES = (tf.keras.layers.Dense, tf.keras.layers.Conv2D)
-# The first subsampling conv (tiny, sees raw features) and the output layer
-# (one column per character) are kept dense by default, as is usual.
-DEFAULT_EXCLUDE_LAYERS = r"^(subsample_conv1|ctc_output)$"
 _WRAPPER_PREFIX = "prune_low_magnitude_"
 
 
@@ -90,8 +87,7 @@ def weight_key(variable: tf.Variable) -> str:
     return name[len(_WRAPPER_PREFIX):] if name.startswith(_WRAPPER_PREFIX) else name
 
 
-def select_prunable_layers(model: tf.keras.Model,
-                           exclude_layers: str = DEFAULT_EXCLUDE_LAYERS) -> list[str]:
+def select_prunable_layers(model: tf.keras.Model, exclude_layers: str = "") -> list[str]:
     """Names of the model's wrappable layers that `exclude_layers` doesn't match."""
     try:
         pattern = re.compile(exclude_layers) if exclude_layers else None

@@ -10,6 +10,8 @@ import collections
 import dataclasses
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
+from tasks import base
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -31,7 +33,7 @@ class Utterance:
         return self.num_samples / self.sample_rate
 
 
-class CorpusError(ValueError):
+class CorpusError(base.DataError):
     """One-line, user-facing data error (missing directory, bad file under strict loading...)."""
 
 

@@ -40,7 +40,7 @@ Coupling for structured pruning:
 * FFN hidden unit ``j``: column ``j`` of ``ff*_in``, row ``j`` of ``ff*_out``.
 
 Compacted models (``build_conformer_ctc(..., widths=ModelWidths(...))``, made
-by ``tff_prune.export.compaction`` from a structured-pruned model) have the
+by ``tasks.asr.compaction`` from a structured-pruned model) have the
 same layer names with per-layer widths: per-block FFN sizes, per-head q.k and
 value widths (:class:`UnevenDotProductAttention`), fewer conv-module channels
 (:class:`PartialLayerNormalization` keeps the removed channels' constant
@@ -56,6 +56,8 @@ import zlib
 
 import numpy as np
 import tensorflow as tf
+
+from tff_prune.export import compaction as _compaction
 
 SUBSAMPLING_FACTOR = 4
 _PACKAGE = "tff_prune_asr"
@@ -523,6 +525,10 @@ def build_conformer_ctc(config: ConformerConfig, vocab_size: int,
 
 # ----------------------------------------------------------------------------- introspection
 
+# Kept dense by default, as is usual: the first subsampling conv (tiny, sees
+# the raw features) and the output layer (one column per character).
+EXCLUDED_FROM_PRUNING = r"^(subsample_conv1|ctc_output)$"
+
 _PRUNABLE_TYPES = (tf.keras.layers.Dense, tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D)
 
 
@@ -536,7 +542,5 @@ def prunable_layer_names(model: tf.keras.Model, include_depthwise: bool = True) 
     return [layer.name for layer in model.layers if isinstance(layer, types)]
 
 
-def count_parameters(model: tf.keras.Model, trainable_only: bool = True) -> int:
-    """Number of scalar parameters (trainable ones by default)."""
-    weights = model.trainable_weights if trainable_only else model.weights
-    return int(sum(np.prod(w.shape) for w in weights))
+# One definition for every task; the model's users count with it.
+count_parameters = _compaction.count_parameters

@@ -23,8 +23,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -32,6 +30,7 @@ import scipy.signal
 import soundfile as sf
 from absl import logging
 
+from tasks import corpus_cache
 from tasks.asr import espeak, sentences
 from tasks.asr.corpus import CorpusError
 
@@ -97,6 +96,26 @@ def _corpus_params(
     }
 
 
+def voice_order(rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Every accent x variant in a random order: speakers cycle through all of
+    them before any repeats (and repeats differ in pitch / rate)."""
+    # The fixed list, not list_english_accents(): a new data package must not reshuffle speakers.
+    combos = list(itertools.product(sorted(espeak.ENGLISH_ACCENTS), VARIANTS))
+    return [combos[i] for i in rng.permutation(len(combos))]
+
+
+def draw_new_voice(rng: np.random.Generator, accent: str, variant: str, used: set[tuple],
+                   rate_range: tuple[int, int] = RATE_RANGE) -> tuple[int, int]:
+    """(pitch, rate) for a speaker of `accent` / `variant` that no speaker in
+    `used` has; adds it to `used`."""
+    while True:
+        pitch = int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
+        rate = int(rng.integers(rate_range[0], rate_range[1] + 1))
+        if (accent, variant, pitch, rate) not in used:
+            used.add((accent, variant, pitch, rate))
+            return pitch, rate
+
+
 def plan_speakers(
     *, num_train_speakers: int, num_test_speakers: int, utterances_per_speaker: int, seed: int = 0
 ) -> list[SpeakerSpec]:
@@ -106,11 +125,7 @@ def plan_speakers(
             "need num_train_speakers >= 1, num_test_speakers >= 0, utterances_per_speaker >= 1"
         )
     rng = np.random.default_rng(seed)
-    # The fixed list, not list_english_accents(): a new data package must not reshuffle speakers.
-    accents = sorted(espeak.ENGLISH_ACCENTS)
-    combos = list(itertools.product(accents, VARIANTS))
-    # Cycle through every accent x variant before any repeats; repeats differ in pitch/rate.
-    combo_order = [combos[i] for i in rng.permutation(len(combos))]
+    combo_order = voice_order(rng)
     topics = sentences.topic_names()
     topic_order = [topics[i] for i in rng.permutation(len(topics))]
     total = num_train_speakers + num_test_speakers
@@ -120,12 +135,7 @@ def plan_speakers(
     for index in range(total):
         split = "train" if index < num_train_speakers else "test"
         accent, variant = combo_order[index % len(combo_order)]
-        while True:
-            pitch = int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
-            rate = int(rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1))
-            if (accent, variant, pitch, rate) not in used:
-                used.add((accent, variant, pitch, rate))
-                break
+        pitch, rate = draw_new_voice(rng, accent, variant, used)
         style = sentences.make_speaker_style(rng, topic_order[index % len(topic_order)])
         # Held-out speakers also say only sentences never heard in training.
         exclude = train_sentences if split == "test" else frozenset()
@@ -158,7 +168,8 @@ def resample_to_16k(samples: np.ndarray) -> np.ndarray:
 _SYNTHESIZER: espeak.EspeakSynthesizer | None = None
 
 
-def _synthesizer() -> espeak.EspeakSynthesizer:
+def process_synthesizer() -> espeak.EspeakSynthesizer:
+    """This process's one synthesizer (eSpeak's C state is process-global)."""
     global _SYNTHESIZER  # one per process: eSpeak's C state is process-global
     if _SYNTHESIZER is None:
         _SYNTHESIZER = espeak.EspeakSynthesizer()
@@ -170,7 +181,7 @@ def _write_speaker(task: tuple[SpeakerSpec, str]) -> tuple[str, int, int]:
     spec, split_dir = task
     chapter_dir = os.path.join(split_dir, spec.speaker_id, spec.chapter_id)
     os.makedirs(chapter_dir, exist_ok=True)
-    synthesizer = _synthesizer()
+    synthesizer = process_synthesizer()
     lines = []
     total_samples = 0
     for number, text in enumerate(spec.sentences):
@@ -285,12 +296,8 @@ def ensure_synthetic_corpus(
     seed: int = 0,
     num_workers: int = 2,
 ) -> str:
-    """Return the cached corpus for these parameters, generating it on first use.
-
-    Generation writes into a temporary sibling directory and renames it into
-    place only when complete, so an interrupted run is never mistaken for a
-    corpus (its leftover ``.espeak-...tmp-*`` directory is simply ignored).
-    """
+    """Return the cached corpus for these parameters, generating it on first
+    use (`tasks.corpus_cache.build_once`: never half-written)."""
     params = _corpus_params(num_train_speakers, num_test_speakers, utterances_per_speaker, seed)
     final_dir = os.path.join(cache_dir, corpus_dir_name(**params))
     expected = {"generator_version": GENERATOR_VERSION, "params": params}
@@ -303,26 +310,8 @@ def ensure_synthetic_corpus(
             )
         return final_dir
 
-    if os.path.exists(final_dir):
-        return check(_read_manifest(final_dir))
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        temp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=cache_dir)
-    except OSError as e:
-        # E.g. the cache path runs under a regular file, or is read-only.
-        raise CorpusError(
-            f"--corpus_cache_dir={cache_dir} is not writable: {e.strerror or e}") from None
-    try:
-        generate_synthetic_corpus(temp_dir, num_workers=num_workers, **params)
-        os.chmod(temp_dir, 0o755)  # mkdtemp makes it owner-only
-        try:
-            os.rename(temp_dir, final_dir)
-        except OSError:
-            # Another process finished the same corpus first: use theirs.
-            if not os.path.isdir(final_dir):
-                raise
-            shutil.rmtree(temp_dir, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
+    corpus_cache.build_once(
+        cache_dir, os.path.basename(final_dir),
+        lambda folder: generate_synthetic_corpus(folder, num_workers=num_workers, **params),
+        flag="--corpus_cache_dir", error=CorpusError)
     return check(_read_manifest(final_dir))

@@ -21,8 +21,10 @@ from absl import logging
 from tasks import base
 from tasks.asr import ctc
 from tasks.asr import features as features_lib
+from tasks.asr import metrics as metrics_lib
 from tasks.asr import model as model_lib
 from tasks.asr import text
+from tasks.asr import units
 from tasks.asr.corpus import SpeechCorpus, Utterance
 
 MODEL_PRESETS = ("micro", "tiny", "small", "medium", "paper")
@@ -197,6 +199,39 @@ class AsrTask(base.FederatedTask):
         mask = tf.sequence_mask(y["label_lengths"], tf.shape(y["labels"])[1])
         refs = text.decode_tf(tf.ragged.boolean_mask(y["labels"], mask))
         return hyps, refs
+
+    @property
+    def metrics(self) -> Sequence[base.Metric]:
+        return (base.Metric("wer", description="word error rate (greedy CTC, no LM)"),
+                base.Metric("cer", description="character error rate"))
+
+    def metric_sums(self, model: tf.keras.Model, batch: Any) -> Mapping[str, tf.Tensor]:
+        hyps, refs = self.predict_and_references(model, batch)
+        word_errors, words = metrics_lib.edit_distance_counts(refs, hyps, "word")
+        char_errors, chars = metrics_lib.edit_distance_counts(refs, hyps, "char")
+        return collections.OrderedDict(word_errors=word_errors, words=words,
+                                       char_errors=char_errors, chars=chars)
+
+    def finalize_metrics(self, sums: Mapping[str, float]) -> dict[str, float]:
+        # Corpus-level rates: total edits over total reference tokens.
+        return {"wer": sums["word_errors"] / max(sums["words"], 1.0),
+                "cer": sums["char_errors"] / max(sums["chars"], 1.0)}
+
+    @property
+    def excluded_layers(self) -> str:
+        return model_lib.EXCLUDED_FROM_PRUNING
+
+    @property
+    def model_structure(self) -> base.ModelStructure:
+        return units.ConformerStructure(self.model_config.num_heads)
+
+    def compactor(self) -> base.Compactor:
+        from tasks.asr import compaction  # pylint: disable=import-outside-toplevel
+        return compaction.ConformerCompactor(self.model_config, text.VOCAB_SIZE)
+
+    def model_record(self) -> dict[str, Any]:
+        return {"task_name": self.name, "model": dataclasses.asdict(self.model_config),
+                "task": dataclasses.asdict(self.config)}
 
     def describe(self) -> Mapping[str, Any]:
         def utterances(corpus):

@@ -2,11 +2,13 @@
 
 * `export_checkpoint(checkpoint, export_base, model_name)` / `export_model(...)`:
   a new version ``EXPORT_BASE/MODEL_NAME/VERSION/`` (written beside, renamed
-  into place) holding the serving SavedModel (`savedmodel`), compacted first
-  for structured pruning (`compaction`), with its ``.tflite`` in
-  ``assets.extra/`` (`tflite`).
+  into place) holding the task's serving SavedModel (`tasks.base.TaskExport`,
+  rebuilt from the run's record by `checkpoint`), compacted first for
+  structured pruning (the task's compactor on `compaction`'s machinery), with
+  its ``.tflite`` in ``assets.extra/`` (`tflite`).
 * ``python -m tff_prune.export --checkpoint=... --export_dir=...`` does it
-  from the command line; `tff_prune.serve_client` talks to TF Serving.
+  from the command line; each task's own client talks to TF Serving
+  (see docs/serving.md).
 
 Imports are lazy so that ``python -m tff_prune.export`` can set TensorFlow's
 log level before TensorFlow loads.

@@ -21,13 +21,15 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "experiment directory, its final_model/ or a weights prefix")
 _EXPORT_DIR = flags.DEFINE_string(
     "export_dir", None, "TF Serving base path: versions go to EXPORT_DIR/MODEL_NAME/N")
-_MODEL_NAME = flags.DEFINE_string("model_name", "asr", "TF Serving model name")
+_MODEL_NAME = flags.DEFINE_string(
+    "model_name", None, "TF Serving model name (default: the run's task's, e.g. asr)")
 _COMPACT = flags.DEFINE_enum(
     "compact", "auto", ["auto", "yes", "no"],
     "physically remove pruned units first (auto: for --pruning=structured runs)")
 _TFLITE = flags.DEFINE_bool("tflite", True, "also write assets.extra/model.tflite")
 _LATENCY = flags.DEFINE_bool(
-    "latency", False, "measure CPU latency (batch 1, 5 s of audio, median of 20)")
+    "latency", False, "measure CPU latency of the task's example request (ASR: batch 1, "
+    "5 s of audio), median of 20")
 
 
 def main(argv: list[str]) -> int:
@@ -36,18 +38,23 @@ def main(argv: list[str]) -> int:
     if not _CHECKPOINT.value or not _EXPORT_DIR.value:
         print("error: --checkpoint and --export_dir are required", file=sys.stderr)
         return 2
+    from tff_prune.export import checkpoint  # pylint: disable=import-outside-toplevel
     from tff_prune.export import measure  # pylint: disable=import-outside-toplevel
     from tff_prune.export import pipeline  # pylint: disable=import-outside-toplevel
 
     try:
-        result = pipeline.export_checkpoint(_CHECKPOINT.value, _EXPORT_DIR.value,
-                                            _MODEL_NAME.value, _COMPACT.value, _TFLITE.value)
+        run = checkpoint.load_saved_run(_CHECKPOINT.value)
+        result = pipeline.export_saved_run(run, _EXPORT_DIR.value, _MODEL_NAME.value,
+                                           _COMPACT.value, _TFLITE.value)
     except (FileNotFoundError, ValueError, AssertionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     summary = result.describe()
-    if _LATENCY.value:
-        summary["cpu_latency_s"] = measure.serving_latencies([result.path])[0]
+    request = run.task_export.example_request() if _LATENCY.value else None
+    if request is not None:
+        signature, inputs = request
+        summary["cpu_latency_s"] = measure.serving_latencies(
+            [result.path], inputs, signature)[0]
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"exported version {result.version} to {result.path}")
     return 0

@@ -1,12 +1,13 @@
-"""Loading a finished run's model: ``final_model/`` weights and configs.
+"""Loading a finished run's model: ``final_model/`` weights and the task's record.
 
 A run leaves ``EXPERIMENT_DIR/final_model/weights.*`` (``save_weights`` of the
 stripped Keras model: tfmot wrappers removed, pruned weights exactly zero),
-``final_model/model_config.json`` (``{"model": ConformerConfig fields,
-"task": AsrTaskConfig fields}``) and ``EXPERIMENT_DIR/summary.json`` (whose
-``config.pruning`` says how it was pruned). Runs without
-``model_config.json`` (centralized runs) are rebuilt from
-``summary.json``'s ``config.task``.
+``final_model/model_config.json`` (the task's `model_record()`, with its
+``task_name``; records without one are ASR's) and
+``EXPERIMENT_DIR/summary.json`` (whose ``config.pruning`` says how it was
+pruned). Runs without ``model_config.json`` (centralized runs) are rebuilt
+from ``summary.json``'s ``config.task_name`` and ``config.task``. The
+registered task (`tasks.registry`) turns the record into its `TaskExport`.
 """
 
 from __future__ import annotations
@@ -18,26 +19,24 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
-from tasks.asr import features as features_lib
-from tasks.asr import model as model_lib
-from tasks.asr import text
-from tasks.asr import task as task_lib
+from tasks import base
+from tasks import registry
+
+# Where `tff_prune.final_model` writes the task's model record.
+RECORD_FILE = "model_config.json"
+# Records from before tasks were registered by name are all ASR's.
+UNNAMED_TASK = "asr"
 
 
 @dataclasses.dataclass
 class SavedRun:
-    """A run's model, rebuilt and restored."""
+    """A run's model, rebuilt and restored, with its task's serving side."""
 
     model: tf.keras.Model
-    model_config: model_lib.ConformerConfig
-    feature_config: features_lib.FeatureConfig
+    task_export: base.TaskExport
+    record: dict[str, Any]   # the task's model record the model was rebuilt from
     pruning: dict[str, Any]  # summary.json's config.pruning ({} when unknown)
     weights_prefix: str
-
-
-def _fields(cls, values: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
 
 
 def resolve_weights_prefix(checkpoint: str) -> str:
@@ -58,30 +57,39 @@ def _read_json(path: str) -> Optional[dict]:
         return json.load(f)
 
 
+def read_record(model_dir: str, summary: dict) -> dict[str, Any]:
+    """The model record of the run whose weights are in ``model_dir``.
+
+    ``model_config.json`` when saved; else ``{"task_name", "task"}`` from
+    the summary's experiment config (the task's export rebuilds its model
+    from its config).
+    """
+    saved = _read_json(os.path.join(model_dir, RECORD_FILE))
+    if saved is not None:
+        return saved
+    config = summary.get("config", {})
+    if "task" not in config:
+        raise FileNotFoundError(f"neither {model_dir}/{RECORD_FILE} nor a summary.json "
+                                "with config.task: cannot tell which model was saved")
+    return {"task_name": config.get("task_name", UNNAMED_TASK), "task": config["task"]}
+
+
+def task_export(record: dict[str, Any]) -> base.TaskExport:
+    """The registered task's serving side for ``record`` (ASR when it names no task)."""
+    return registry.get(record.get("task_name", UNNAMED_TASK)).export(record)
+
+
 def load_saved_run(checkpoint: str) -> SavedRun:
     """Rebuilds the model of a saved run and restores its weights."""
     prefix = resolve_weights_prefix(checkpoint)
     model_dir = os.path.dirname(prefix)
     summary = _read_json(os.path.join(os.path.dirname(model_dir), "summary.json")) or {}
-    saved = _read_json(os.path.join(model_dir, "model_config.json"))
-    if saved is not None:
-        model_config = model_lib.ConformerConfig(**_fields(model_lib.ConformerConfig, saved["model"]))
-        task = saved.get("task", {})
-    elif "task" in summary.get("config", {}):
-        task = summary["config"]["task"]
-        model_config = task_lib.AsrTaskConfig(
-            model_size=task["model_size"], dropout=task.get("dropout", 0.1),
-            feature=features_lib.FeatureConfig(
-                **_fields(features_lib.FeatureConfig, task.get("feature", {})))).model_config()
-    else:
-        raise FileNotFoundError(f"neither {model_dir}/model_config.json nor a summary.json "
-                                "with config.task: cannot tell which model was saved")
-    feature_config = features_lib.FeatureConfig(
-        **_fields(features_lib.FeatureConfig, task.get("feature", {})))
-    model = model_lib.build_conformer_ctc(model_config, text.VOCAB_SIZE)
+    record = read_record(model_dir, summary)
+    export = task_export(record)
+    model = export.build_model()
     status = model.load_weights(prefix)
     # Every variable of the rebuilt model must come from the checkpoint.
     status.assert_existing_objects_matched()
-    return SavedRun(model=model, model_config=model_config, feature_config=feature_config,
+    return SavedRun(model=model, task_export=export, record=record,
                     pruning=dict(summary.get("config", {}).get("pruning", {})),
                     weights_prefix=prefix)

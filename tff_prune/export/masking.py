@@ -1,7 +1,7 @@
 """Pruned models without training: magnitude masks applied in place (tests, bench).
 
 A finished run's checkpoint already holds its masked weights (exact zeros);
-this module makes such a model from any Keras Conformer, with the same mask
+this module makes such a model from any Keras model, with the same mask
 code the federated server uses (`MaskDecider`, one mask decision at the
 target sparsity), so export, compaction and TFLite can be checked and
 measured without a training run.
@@ -9,16 +9,20 @@ measured without a training run.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import tensorflow as tf
 
+from tasks import base
 from tff_prune import config as config_lib
 from tff_prune import mask_policy
 from tff_prune import wrappers
 
 
 def apply_magnitude_masks(model: tf.keras.Model, scheme: str, sparsity: float,
-                          structure: str = "column", num_heads: int = 4,
+                          structure: str = "column",
+                          model_structure: Optional[base.ModelStructure] = None,
                           ) -> dict[str, np.ndarray]:
     """Zeroes ``model``'s smallest units in place, as a finished run would have.
 
@@ -26,12 +30,16 @@ def apply_magnitude_masks(model: tf.keras.Model, scheme: str, sparsity: float,
     importance, uniform allocation) over the default prunable layers. For
     structured schemes whose removed units lose their bias
     (`PruningConfig.masks_biases`), the bias of every fully pruned output unit
-    is zeroed too. Returns the kernel masks by 'layer/kernel' key.
+    is zeroed too. ``model_structure`` is the task's (which slices are pruned
+    together); without it every column / row is its own unit and ``head`` /
+    ``channel`` structures find nothing to prune. Returns the kernel masks by
+    'layer/kernel' key.
     """
     pruning = config_lib.PruningConfig(scheme=scheme, structure=structure)
     wrapped = wrappers.wrap_for_pruning(model, wrappers.select_prunable_layers(model))
     index = wrappers.index_prunable_weights(wrapped)
-    decider = mask_policy.MaskDecider(pruning, index, num_heads=num_heads)
+    decider = mask_policy.MaskDecider(pruning, index,
+                                       model_structure or base.ModelStructure())
     kernels = [_variable(model, k) for k in index.keys]
     coupled = {}
     if pruning.masks_biases:

@@ -1,4 +1,9 @@
-"""One export: (compaction) -> serving SavedModel -> TFLite, as a new TF Serving version."""
+"""One export: (compaction) -> serving SavedModel -> TFLite, as a new TF Serving version.
+
+What is served is the task's (`tasks.base.TaskExport`: its signatures, its
+compaction, its equivalence batch); this module only orders the steps and
+writes the version.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,7 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
-from tasks.asr import features as features_lib
-from tasks.asr import model as model_lib
+from tasks import base
 from tff_prune.export import checkpoint as checkpoint_lib
 from tff_prune.export import compaction
 from tff_prune.export import savedmodel
@@ -22,6 +26,8 @@ TFLITE_FILE = os.path.join("assets.extra", "model.tflite")
 TFLITE_SPARSE_FILE = os.path.join("assets.extra", "model_sparse.tflite")
 # Schemes whose zeros are scattered: TFLite's sparse encoding may pay off.
 _SPARSE_SCHEMES = ("unstructured", "block", "m_by_n")
+# A compact model must compute what the masked one does, up to float rounding.
+EQUIVALENCE_TOLERANCE = 1e-4
 
 
 @dataclasses.dataclass
@@ -33,19 +39,17 @@ class ExportResult:
     params: int                       # parameters of the exported model
     saved_model_bytes: int
     compaction: Optional[compaction.CompactionReport] = None
-    max_logit_difference: Optional[float] = None  # compact vs masked (random features)
+    # compact vs masked, on the task's test batch (`TaskExport.max_output_difference`)
+    max_logit_difference: Optional[float] = None
     tflite_bytes: Optional[int] = None
     tflite_sparse_bytes: Optional[int] = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary (also stored in the export's metadata)."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "compaction"}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "compaction"}
         if self.compaction is not None:
-            out["compaction"] = {
-                "dense_params": self.compaction.dense_params,
-                "compact_params": self.compaction.compact_params,
-                "removed": self.compaction.removed,
-                "widths": self.compaction.widths.to_json()}
+            out["compaction"] = self.compaction.to_json()
         return out
 
 
@@ -65,53 +69,64 @@ def should_compact(compact: str, pruning: dict) -> bool:
     return compact == "yes"
 
 
-def export_model(model: tf.keras.Model, model_config: model_lib.ConformerConfig,
-                 feature_config: features_lib.FeatureConfig, export_base: str,
-                 model_name: str = "asr", *, compact: bool = False, tflite: bool = True,
-                 tflite_sparsity: bool = False, metadata: Optional[dict] = None
-                 ) -> ExportResult:
+def _compact(model: tf.keras.Model, task_export: base.TaskExport
+             ) -> tuple[tf.keras.Model, compaction.CompactionReport, float]:
+    """The compact model, its report and its max difference from ``model``;
+    AssertionError (nothing written) unless they agree."""
+    compactor = task_export.compactor()
+    if compactor is None:
+        raise ValueError(f"the {task_export.model_name} task has no compaction")
+    compact_model, report = compaction.compact(compactor, model)
+    diff = compaction.check_equivalence(
+        task_export.max_output_difference(model, compact_model), EQUIVALENCE_TOLERANCE)
+    return compact_model, report, diff
+
+
+def export_model(model: tf.keras.Model, task_export: base.TaskExport, export_base: str,
+                 model_name: Optional[str] = None, *, compact: bool = False,
+                 tflite: bool = True, tflite_sparsity: bool = False,
+                 metadata: Optional[dict] = None) -> ExportResult:
     """Exports ``model`` as the next version of ``export_base/model_name``.
 
-    ``model``: the masked Keras Conformer (tfmot wrappers are stripped here).
-    ``compact``: rebuild without inert units first (checked against the
-    masked model, max |logit diff| < 1e-4, else nothing is written).
-    ``tflite``: also convert to ``assets.extra/model.tflite`` (and, with
+    ``model``: the masked Keras model (tfmot wrappers are stripped here).
+    ``task_export``: its task's serving side; ``model_name`` None is its
+    ``model_name``. ``compact``: rebuild without inert units first (the
+    task's compactor; checked against the masked model, max |output diff|
+    < 1e-4, else nothing is written). ``tflite``: also convert the task's
+    ``tflite_signature`` to ``assets.extra/model.tflite`` (and, with
     ``tflite_sparsity``, ``model_sparse.tflite``) inside the version.
     """
     model = _strip(model)
     report, diff = None, None
     if compact:
-        compact_model, report = compaction.compact_model(model, model_config)
-        diff = compaction.check_equivalence(model, compact_model, model_config.num_mel_bins)
-        model = compact_model
-    result = ExportResult(path="", version=0, params=model_lib.count_parameters(model),
+        model, report, diff = _compact(model, task_export)
+    result = ExportResult(path="", version=0, params=compaction.count_parameters(model),
                           saved_model_bytes=0, compaction=report, max_logit_difference=diff)
+    tflite_signature = task_export.tflite_signature if tflite else None
 
     def write(path: str) -> None:
-        savedmodel.save_serving_model(model, feature_config, path)
+        signatures = list(task_export.save_serving_model(model, path))
         result.saved_model_bytes = savedmodel.saved_model_bytes(path)
         os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
-        if tflite:
-            content = tflite_lib.convert(path)
+        if tflite_signature:
+            content = tflite_lib.convert(path, tflite_signature)
             with open(os.path.join(path, TFLITE_FILE), "wb") as f:
                 f.write(content)
             result.tflite_bytes = len(content)
             if tflite_sparsity:
-                content = tflite_lib.convert(path, sparsity=True)
+                content = tflite_lib.convert(path, tflite_signature, sparsity=True)
                 with open(os.path.join(path, TFLITE_SPARSE_FILE), "wb") as f:
                     f.write(content)
                 result.tflite_sparse_bytes = len(content)
-        info = {"export": result.describe(), "model_config": dataclasses.asdict(model_config),
-                "feature_config": dataclasses.asdict(feature_config),
-                "signatures": [savedmodel.SERVING_SIGNATURE, savedmodel.FEATURES_SIGNATURE,
-                               savedmodel.UTTERANCE_SIGNATURE],
-                "tensorflow": tf.__version__, **(metadata or {})}
+        info = {"export": result.describe(), **task_export.metadata(),
+                "signatures": signatures, "tensorflow": tf.__version__, **(metadata or {})}
         info["export"].pop("path")
         info["export"].pop("version")
         with open(os.path.join(path, savedmodel.METADATA_FILE), "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
 
-    where = serving_layout.write_new_version(export_base, model_name, write)
+    where = serving_layout.write_new_version(
+        export_base, model_name or task_export.model_name, write)
     result.path, result.version = where.path, where.version
     return result
 
@@ -120,22 +135,35 @@ class ExportError(RuntimeError):
     """An export that failed (unwritable base, failed conversion): one line."""
 
 
-def export_checkpoint(checkpoint: str, export_base: str, model_name: str = "asr",
-                      compact: str = "auto", tflite: bool = True) -> ExportResult:
-    """Exports a saved run (experiment dir, its ``final_model/`` or weights prefix).
-
-    TFLite's sparsity optimization is tried for unstructured, block and 2:4 runs.
-    """
-    run = checkpoint_lib.load_saved_run(checkpoint)
+def export_saved_run(run: checkpoint_lib.SavedRun, export_base: str,
+                     model_name: Optional[str] = None, compact: str = "auto",
+                     tflite: bool = True) -> ExportResult:
+    """Exports a loaded run (`checkpoint.load_saved_run`); see `export_checkpoint`."""
     try:
+        compact_it = should_compact(compact, run.pruning)
+        if compact_it and compact == "auto" and run.task_export.compactor() is None:
+            compact_it = False  # the task cannot compact: export the masked model
         # Reads the run, writes only under export_base: a failure here never
         # touches the trained model.
         return export_model(
-            run.model, run.model_config, run.feature_config, export_base, model_name,
-            compact=should_compact(compact, run.pruning), tflite=tflite,
+            run.model, run.task_export, export_base, model_name, compact=compact_it,
+            tflite=tflite,
             tflite_sparsity=tflite and run.pruning.get("scheme") in _SPARSE_SCHEMES,
             metadata={"source_checkpoint": os.path.abspath(run.weights_prefix),
                       "pruning": run.pruning})
     except (OSError, ValueError, RuntimeError) as e:
         cause = " ".join(str(e).split())[:300] or type(e).__name__
         raise ExportError(f"cannot export to {export_base}: {cause}") from e
+
+
+def export_checkpoint(checkpoint: str, export_base: str, model_name: Optional[str] = None,
+                      compact: str = "auto", tflite: bool = True) -> ExportResult:
+    """Exports a saved run (experiment dir, its ``final_model/`` or weights prefix).
+
+    ``model_name`` None is the task's. Structured runs are compacted
+    (``auto``) when the task can; ``yes`` with a task that cannot is an
+    `ExportError`. TFLite's sparsity optimization is tried for unstructured,
+    block and 2:4 runs.
+    """
+    return export_saved_run(checkpoint_lib.load_saved_run(checkpoint), export_base,
+                            model_name, compact, tflite)

@@ -4,14 +4,14 @@ Modules, one concept each:
 
 * ``schedule``: sparsity and mask-update rounds over federated rounds.
 * ``units``: ``UnitStructure``, the partition of weights into prunable units.
-* ``conformer_units``: couplings and unit structures of our Conformer.
+* ``structures``: a scheme's ``UnitStructure`` from a task's ``ModelStructure``.
 * ``importance``: per-element scores (magnitude, Taylor).
 * ``masks``: unit scoring, sparsity allocation, masks, 2:4 masks.
 * ``votes``: the ``client_vote`` policy (masks from averaged client masks).
 * ``stats``: sparsity and size statistics.
 """
 
-from tff_prune.pruning.conformer_units import build_unit_structure
+from tff_prune.pruning.structures import build_unit_structure
 from tff_prune.pruning.importance import magnitude_scores, taylor_scores
 from tff_prune.pruning.masks import apply_masks, compute_m_by_n_masks, compute_masks, unit_keep
 from tff_prune.pruning.schedule import PruningSchedule

@@ -223,6 +223,14 @@ class LayerView:
         return size // self.num_cols, self.num_cols
 
 
+def kernel_shape(shapes: Shapes, layer: str) -> Optional[tuple[int, ...]]:
+    """The shape of `layer`'s kernel (or depthwise kernel) in `shapes`; None if absent."""
+    for var in KERNEL_VARS:
+        if f"{layer}/{var}" in shapes:
+            return tuple(int(s) for s in shapes[f"{layer}/{var}"])
+    return None
+
+
 def layer_names(prunable: Sequence[str]) -> list[str]:
     """Layer names of ``prunable`` entries (layer names or ``layer/var`` keys), deduplicated."""
     names = []
@@ -540,7 +548,7 @@ def channels(shapes: Shapes, conv_groups: Sequence[Sequence[Coupling]],
     """Convolution channels: each component of coupled slices is one unit.
 
     ``conv_groups`` lists the couplings of each convolution pipeline (see
-    ``conformer_units.conv_groups``). Only internal (coupled) dimensions are
+    a task's ``ModelStructure.conv_groups``). Only internal (coupled) dimensions are
     units; the pipeline's residual-facing rows and columns are never masked.
     Chained channels (conv1 -> conv2 -> dense) overlap in the middle kernel.
     """

@@ -1,6 +1,6 @@
 """Send real audio to a running TensorFlow Serving and print the transcripts.
 
-  python -m tff_prune.serve_client --audio=utt.flac [--audio=utt2.flac] \\
+  python -m tasks.asr.serve_client --audio=utt.flac [--audio=utt2.flac] \\
       --model_name=asr --rest_url=http://localhost:8501 --grpc_target=localhost:8500
 
 Talks to the ``serving_default`` signature of a model exported by
@@ -159,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse  # pylint: disable=import-outside-toplevel
 
     parser = argparse.ArgumentParser(
-        prog="python -m tff_prune.serve_client",
+        prog="python -m tasks.asr.serve_client",
         description="Transcribe audio files with a model served by TensorFlow Serving.")
     parser.add_argument("--audio", action="append", required=True,
                         help="audio file (16 kHz; FLAC, WAV, ...); repeat for a batch")

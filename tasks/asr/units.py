@@ -1,4 +1,5 @@
-"""Unit structures of our Conformer-CTC, from its layer names (see tasks/asr/model.py).
+"""Which weights of our Conformer-CTC are pruned together, from its layer names
+(see tasks/asr/model.py): the ASR task's `ModelStructure`.
 
 Couplings (all only between layers that are both prunable):
 
@@ -20,11 +21,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from tasks import base
+from tff_prune.pruning import structures
 from tff_prune.pruning import units
 from tff_prune.pruning.units import AttentionGroup, Coupling, UnitStructure
 
-SCHEMES = ("unstructured", "structured", "block")
-STRUCTURES = ("column", "row", "half_column", "half_row", "head", "channel")
 _BLOCK = re.compile(r"^block(\d+)_")
 
 Shapes = Mapping[str, Sequence[int]]
@@ -32,13 +33,6 @@ Shapes = Mapping[str, Sequence[int]]
 
 def _layers(shapes: Shapes) -> set[str]:
     return {key.rsplit("/", 1)[0] for key in shapes}
-
-
-def _kernel_shape(shapes: Shapes, layer: str) -> Optional[tuple[int, ...]]:
-    for var in units.KERNEL_VARS:
-        if f"{layer}/{var}" in shapes:
-            return tuple(int(s) for s in shapes[f"{layer}/{var}"])
-    return None
 
 
 def conformer_weight_shapes(
@@ -94,7 +88,7 @@ def block_indices(layer_names) -> list[int]:
 
 
 def _both(shapes: Shapes, a: str, b: str) -> bool:
-    return _kernel_shape(shapes, a) is not None and _kernel_shape(shapes, b) is not None
+    return units.kernel_shape(shapes, a) is not None and units.kernel_shape(shapes, b) is not None
 
 
 def conv_groups(shapes: Shapes) -> list[list[Coupling]]:
@@ -104,10 +98,10 @@ def conv_groups(shapes: Shapes) -> list[list[Coupling]]:
     c1, c2, dense = "subsample_conv1", "subsample_conv2", "subsample_dense"
     sub = []
     if _both(shapes, c1, c2):
-        sub.append(Coupling.identity(c1, c2, _kernel_shape(shapes, c1)[-1]))
+        sub.append(Coupling.identity(c1, c2, units.kernel_shape(shapes, c1)[-1]))
     if _both(shapes, c2, dense):
-        channels = _kernel_shape(shapes, c2)[-1]
-        rows = _kernel_shape(shapes, dense)[0]
+        channels = units.kernel_shape(shapes, c2)[-1]
+        rows = units.kernel_shape(shapes, dense)[0]
         if rows % channels:
             raise ValueError(f"{dense} has {rows} rows, not a multiple of {c2}'s {channels} channels")
         sub.append(Coupling.flatten(c2, dense, channels, rows // channels))
@@ -117,23 +111,23 @@ def conv_groups(shapes: Shapes) -> list[list[Coupling]]:
         pw_in, dw, pw_out = (f"block{i}_conv_pointwise_in", f"block{i}_conv_depthwise",
                              f"block{i}_conv_pointwise_out")
         group = []
-        if _kernel_shape(shapes, pw_in) is not None:
-            width = _kernel_shape(shapes, pw_in)[-1]
+        if units.kernel_shape(shapes, pw_in) is not None:
+            width = units.kernel_shape(shapes, pw_in)[-1]
             if width % 2:
                 raise ValueError(f"{pw_in} has {width} columns; GLU needs an even number")
             channels = width // 2
             group.append(Coupling.glu_pairs(pw_in, channels))
-            if _kernel_shape(shapes, dw) is not None:
-                if _kernel_shape(shapes, dw)[-2] != channels:
-                    raise ValueError(f"{dw} has {_kernel_shape(shapes, dw)[-2]} channels, GLU gives {channels}")
+            if units.kernel_shape(shapes, dw) is not None:
+                if units.kernel_shape(shapes, dw)[-2] != channels:
+                    raise ValueError(f"{dw} has {units.kernel_shape(shapes, dw)[-2]} channels, GLU gives {channels}")
                 group.append(Coupling(pw_in, dw, np.arange(width),
                                       np.tile(np.arange(channels), 2)))
         if _both(shapes, dw, pw_out):
-            dw_shape = _kernel_shape(shapes, dw)
+            dw_shape = units.kernel_shape(shapes, dw)
             group.append(Coupling.identity(dw, pw_out, dw_shape[-2] * dw_shape[-1]))
-        elif _both(shapes, pw_in, pw_out) and _kernel_shape(shapes, dw) is None:
+        elif _both(shapes, pw_in, pw_out) and units.kernel_shape(shapes, dw) is None:
             # No depthwise weights at all: GLU channel c feeds pointwise_out row c directly.
-            channels = _kernel_shape(shapes, pw_in)[-1] // 2
+            channels = units.kernel_shape(shapes, pw_in)[-1] // 2
             group.append(Coupling(pw_in, pw_out, np.arange(2 * channels),
                                   np.tile(np.arange(channels), 2)))
         if group:
@@ -146,7 +140,7 @@ def attention_groups(shapes: Shapes, num_heads: int) -> list[AttentionGroup]:
     groups = []
     for i in block_indices(_layers(shapes)):
         names = [f"block{i}_mhsa_{p}" for p in ("query", "key", "value", "output")]
-        if all(_kernel_shape(shapes, n) is not None for n in names):
+        if all(units.kernel_shape(shapes, n) is not None for n in names):
             groups.append(AttentionGroup(*names, num_heads=num_heads))
     return groups
 
@@ -158,15 +152,31 @@ def conformer_couplings(shapes: Shapes) -> list[Coupling]:
         for ff in ("ff1", "ff2"):
             a, b = f"block{i}_{ff}_in", f"block{i}_{ff}_out"
             if _both(shapes, a, b):
-                couplings.append(Coupling.identity(a, b, _kernel_shape(shapes, a)[-1]))
+                couplings.append(Coupling.identity(a, b, units.kernel_shape(shapes, a)[-1]))
         q, k, v, o = (f"block{i}_mhsa_{p}" for p in ("query", "key", "value", "output"))
         if _both(shapes, v, o):
-            couplings.append(Coupling.identity(v, o, _kernel_shape(shapes, v)[-1]))
+            couplings.append(Coupling.identity(v, o, units.kernel_shape(shapes, v)[-1]))
         if _both(shapes, q, k):
-            couplings.append(Coupling.same_columns(q, k, _kernel_shape(shapes, q)[-1]))
+            couplings.append(Coupling.same_columns(q, k, units.kernel_shape(shapes, q)[-1]))
     for group in conv_groups(shapes):
         couplings.extend(group)
     return couplings
+
+
+class ConformerStructure(base.ModelStructure):
+    """The Conformer's couplings, attention heads and conv pipelines."""
+
+    def __init__(self, num_heads: int):
+        self.num_heads = num_heads
+
+    def couplings(self, shapes: Shapes) -> list[Coupling]:
+        return conformer_couplings(shapes)
+
+    def attention_groups(self, shapes: Shapes) -> list[AttentionGroup]:
+        return attention_groups(shapes, self.num_heads)
+
+    def conv_groups(self, shapes: Shapes) -> list[list[Coupling]]:
+        return conv_groups(shapes)
 
 
 def build_unit_structure(
@@ -177,39 +187,7 @@ def build_unit_structure(
     num_heads: int,
     block_shape: Sequence[int] = (1, 4),
 ) -> UnitStructure:
-    """The UnitStructure for ``scheme`` (and ``structure`` when structured).
-
-    ``head`` and ``channel`` cover only attention / convolution layers; other
-    prunable kernels stay dense and are not part of the measured sparsity
-    (``UnitStructure.kernel_keys`` lists the covered kernels). ``m_by_n`` is
-    not a partition into units: use ``masks.compute_m_by_n_masks``.
-    """
-    prunable = units.layer_names(prunable_layers)
-    missing = [n for n in prunable if _kernel_shape(weight_shapes, n) is None]
-    if missing:
-        raise ValueError(f"prunable layers without a kernel in the weight shapes: {missing}")
-    if scheme == "m_by_n":
-        raise ValueError("m_by_n is not a unit structure; use masks.compute_m_by_n_masks")
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES} (or m_by_n), got {scheme!r}")
-    if scheme == "unstructured":
-        return units.unstructured(weight_shapes, prunable)
-    if scheme == "block":
-        return units.blocks(weight_shapes, prunable, block_shape)
-    if structure not in STRUCTURES:
-        raise ValueError(f"structured pruning needs structure in {STRUCTURES}, got {structure!r}")
-    if structure == "column":
-        return units.columns(weight_shapes, prunable, conformer_couplings(weight_shapes))
-    if structure == "row":
-        return units.rows(weight_shapes, prunable, conformer_couplings(weight_shapes))
-    if structure == "half_column":
-        return units.half_columns(weight_shapes, prunable)
-    if structure == "half_row":
-        return units.half_rows(weight_shapes, prunable)
-    if structure == "head":
-        result = units.heads(weight_shapes, attention_groups(weight_shapes, num_heads), prunable)
-    else:
-        result = units.channels(weight_shapes, conv_groups(weight_shapes), prunable)
-    if not result.num_units:
-        raise ValueError(f"structure {structure!r} found nothing to prune among {prunable}")
-    return result
+    """`structures.build_unit_structure` for our Conformer with `num_heads` heads."""
+    return structures.build_unit_structure(
+        weight_shapes, scheme, structure, prunable_layers,
+        ConformerStructure(num_heads), block_shape)

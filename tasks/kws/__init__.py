@@ -1,0 +1,1 @@
+"""Keyword-spotting task: Speech-Commands-layout clips, log-mel features, DS-CNN."""
