@@ -52,6 +52,7 @@ bench: venv
 	  --out=bench/results/orchestration
 	$(VPY) -m bench.pruning_overhead
 	$(VPY) -m bench.scaling
+	$(VPY) -m bench.data_scaling
 
 clean-venv:
 	rm -rf $(VENV)

@@ -42,8 +42,10 @@ def server_optimizer() -> tff.learning.optimizers.Optimizer:
 def load_task(model_size: str, num_train_speakers: int, cache_dir: str) -> task_lib.AsrTask:
     """The ASR task on the built-in corpus (2 test speakers: benches train only)."""
     train, test = data_lib.load_corpora(data_lib.CorpusConfig(
-        cache_dir=cache_dir, num_train_speakers=num_train_speakers, num_test_speakers=2))
-    return task_lib.AsrTask(train, test, task_lib.AsrTaskConfig(model_size=model_size))
+        cache_dir=cache_dir, num_train_speakers=num_train_speakers, num_test_speakers=2),
+        verify_audio=False)
+    return task_lib.AsrTask(train, test, task_lib.AsrTaskConfig(model_size=model_size),
+                            feature_cache_dir=os.path.join(cache_dir, "features"))
 
 
 def cohort_data(task: task_lib.AsrTask, clients: int, epochs: int) -> list[tf.data.Dataset]:

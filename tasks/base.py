@@ -3,7 +3,9 @@
 `tff_prune` never names a task. It needs a task to give it:
 
 * its data: training and held-out client ids, batched client datasets
-  (`FederatedTask`);
+  (`FederatedTask`), and, where it can, a serializable dataset function
+  (`WorkerDatasets`) that builds a client's dataset from its id inside TFF's
+  workers, so that only ids cross the wire;
 * its model and loss: a fresh Keras model, a per-example loss on a batch;
 * its metrics: per-batch sums computed in graph (so they add up exactly over
   batches and clients) and how to turn the summed counts into rates;
@@ -79,6 +81,24 @@ class Compactor(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerDatasets:
+    """Client datasets built inside TFF's workers from client ids.
+
+    `dataset_fn(client_id, seed)` takes a scalar string and a scalar int64
+    tensor and returns the client's batched dataset (`batch_spec`
+    elements; training data shuffled and augmented from `seed`). It is traced
+    into a TFF computation, so it may use core TensorFlow ops only (TFF's C++
+    worker has no custom ops) and must open its files by paths relative to
+    `root`: every worker runs in its own copy of `root` (the controller's
+    local worker in `root` itself). `client_dataset` should be this same
+    function with `root` made absolute, so both paths give the same data.
+    """
+
+    dataset_fn: Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset]
+    root: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Metric:
     """One held-out metric: its name and whether lower is better.
 
@@ -122,6 +142,12 @@ class FederatedTask(abc.ABC):
     @abc.abstractmethod
     def batch_spec(self) -> Any:
         """`tf.TensorSpec` structure of one batch, as `client_dataset` yields."""
+
+    def worker_datasets(self, *, training: bool) -> Optional[WorkerDatasets]:
+        """The split's datasets as a function of client ids, built in TFF's
+        workers (None: the controller builds each cohort's datasets and sends
+        them, which bounds cohorts by gRPC's message size)."""
+        return None
 
     # -- model and loss -----------------------------------------------------------
 

@@ -64,7 +64,7 @@ def tff_runtime(tmp_path_factory):
 # The end-to-end runs (each a run_experiment.py subprocess of 45-90 s) go
 # first, so that pytest-xdist fills the end of the run with short tests
 # instead of leaving one worker idle behind the longest ones.
-_LONG_MODULES = ("test_program.py", "test_presets.py", "test_report.py",
+_LONG_MODULES = ("test_program.py", "test_distributed.py", "test_presets.py", "test_report.py",
                  "test_cli.py", "test_centralized_resume.py", "test_process.py")
 
 

@@ -2,6 +2,7 @@
 started, settings that do not change results never block a resume, and a
 damaged checkpoint costs rounds, not the run."""
 
+import dataclasses
 import json
 import os
 
@@ -57,11 +58,30 @@ def test_different_results_are_refused_naming_the_setting(tmp_path):
         output_dir.plan_output_dir(path, {**RECORD, "pruning.scheme": "block"}, False)
 
 
-def test_cadence_cache_and_strictness_never_block_a_resume(tmp_path):
-    path = _recorded(tmp_path)
-    plan = output_dir.plan_output_dir(path, {
-        **RECORD, "checkpoint_every_rounds": 1, "federated.eval_every_rounds": 1,
-        "corpus.cache_dir": "/elsewhere", "corpus.strict": True}, overwrite=False)
+def _record_of(config) -> dict:
+    """The record a real run writes (flattened config), as experiment.run makes it."""
+    return output_dir.flatten(experiment_config.jsonable(dataclasses.asdict(config)))
+
+
+def test_cadence_caches_strictness_and_workers_never_block_a_resume(tmp_path):
+    # Records of real configs, so a key renamed in the config cannot leave
+    # NON_RESULT_KEYS naming keys no run writes.
+    base = experiment_config.ExperimentConfig()
+    path = _recorded(tmp_path, _record_of(base))
+    corpus = dataclasses.replace(base.task.corpus, cache_dir="/elsewhere",
+                                 feature_cache_dir="/features/elsewhere", strict=True)
+    other = dataclasses.replace(
+        base, checkpoint_every_rounds=1,
+        task=dataclasses.replace(base.task, corpus=corpus),
+        federated=dataclasses.replace(
+            base.federated, eval_every_rounds=1, workers=("a:1", "b:2"), local_workers=3,
+            datasets_on_workers=False, worker_lost_after_s=60.0))
+    record = _record_of(other)
+    assert record.keys() - output_dir.NON_RESULT_KEYS == _record_of(base).keys() - \
+        output_dir.NON_RESULT_KEYS
+    assert output_dir.NON_RESULT_KEYS - {"root_output_dir", "experiment_name",
+                                          "centralized.eval_every_epochs"} <= record.keys()
+    plan = output_dir.plan_output_dir(path, record, overwrite=False)
     assert plan.resume and not plan.replace
 
 

@@ -9,6 +9,10 @@ Norm clipping of each client's own delta is `clip_norm`: it applies before the
 weighting, as `tff.aggregators.clipping_factory(C, MeanFactory())` does (a
 clipping sum factory under the mean would see w_i*m_i*v_i and clip at C/w_i).
 
+Sums are accumulated at the server in float64 (`Float64SumFactory`): clients
+send float32 as before, and the mean is the same however the cohort is split
+across TFF workers (which add clients in parts) or ordered.
+
 `PackedMaskMeanFactory` is the example-weighted mean of 0/1 masks that
 clients send bit-packed: the server unpacks each client's bits as it
 accumulates them, so only the packed bytes cross the wire.
@@ -54,6 +58,63 @@ def _zeros_computation(value_type: tff.types.Type) -> tff.Computation:
     def zeros():
         return _zeros(value_type)
     return zeros
+
+
+def _accumulator_type(value_type: tff.types.Type) -> tff.types.Type:
+    """`value_type` with float64 in place of each floating dtype."""
+    if isinstance(value_type, tff.TensorType):
+        dtype = np.float64 if np.issubdtype(value_type.dtype, np.floating) else value_type.dtype
+        return tff.TensorType(dtype, value_type.shape)
+    return tff.StructType([(name, _accumulator_type(t))
+                           for name, t in tff.structure.iter_elements(value_type)])
+
+
+class Float64SumFactory(tff.aggregators.UnweightedAggregationFactory):
+    """`tff.aggregators.SumFactory` whose server accumulator is float64.
+
+    Clients send their values as they are (float32: the wire is unchanged);
+    the server adds them up in float64 and rounds to float32 once, at the
+    end. A float32 sum depends on the order clients are added in, and a
+    cohort split across TFF workers adds them in parts, (a + b) + (c + d)
+    instead of ((a + b) + c) + d; with one rounding at the end, the sum is
+    the same to float32 however the cohort is split or ordered.
+    """
+
+    def create(self, value_type) -> tff.templates.AggregationProcess:
+        acc_type = _accumulator_type(value_type)
+
+        @tff.tensorflow.computation
+        def zero():
+            return _zeros(acc_type)
+
+        @tff.tensorflow.computation(acc_type, value_type)
+        def accumulate(acc, value):
+            return tf.nest.map_structure(lambda a, v: a + tf.cast(v, a.dtype),
+                                         wrappers.as_nest(acc), wrappers.as_nest(value))
+
+        @tff.tensorflow.computation(acc_type, acc_type)
+        def merge(a, b):
+            return tf.nest.map_structure(tf.add, wrappers.as_nest(a), wrappers.as_nest(b))
+
+        value_dtypes = tf.nest.map_structure(
+            lambda t: t.dtype, wrappers.as_nest(tff.types.type_to_tf_tensor_specs(value_type)))
+
+        @tff.tensorflow.computation(acc_type)
+        def report(acc):
+            return tf.nest.map_structure(tf.cast, wrappers.as_nest(acc), value_dtypes)
+
+        @tff.federated_computation
+        def init_fn():
+            return tff.federated_value((), tff.SERVER)
+
+        @tff.federated_computation(init_fn.type_signature.result,
+                                   tff.FederatedType(value_type, tff.CLIENTS))
+        def next_fn(state, value):
+            total = tff.federated_aggregate(value, zero(), accumulate, merge, report)
+            return tff.templates.MeasuredProcessOutput(
+                state=state, result=total, measurements=tff.federated_value((), tff.SERVER))
+
+        return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
 class PackedMaskMeanFactory(tff.aggregators.WeightedAggregationFactory):
@@ -135,7 +196,7 @@ class MaskedWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
                  clip_norm: float = 0.0):
         if clip_norm < 0:
             raise ValueError(f"clip_norm must be >= 0, got {clip_norm}")
-        self._value_sum_factory = value_sum_factory or tff.aggregators.SumFactory()
+        self._value_sum_factory = value_sum_factory or Float64SumFactory()
         self._clip_norm = float(clip_norm)
 
     def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
@@ -229,7 +290,7 @@ class PruningUpdateAggregatorFactory(tff.aggregators.WeightedAggregationFactory)
             if self._vote_shapes is None:
                 raise ValueError("bit-packed votes need vote_shapes")
             return PackedMaskMeanFactory(self._vote_shapes)
-        return tff.aggregators.MeanFactory()
+        return tff.aggregators.MeanFactory(value_sum_factory=Float64SumFactory())
 
     def create(self, value_type, weight_type,
                idle: Optional[Mapping[str, tff.types.Type]] = None

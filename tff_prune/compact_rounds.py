@@ -250,8 +250,12 @@ class CompactRounds:
     otherwise; states, checkpoints and metrics are the process's own.
     """
 
-    def __init__(self, built, compactor: Compactor):
+    def __init__(self, built, compactor: Compactor,
+                 compose: Optional[Callable[[tff.Computation], tff.Computation]] = None):
+        """`compose` turns a round computation into the one the driver calls
+        (e.g. with client datasets built from ids; `client_data.ClientInputs`)."""
         self.built = built
+        self.compose = compose or (lambda computation: computation)
         self.compactor = compactor
         self.compacts = not isinstance(compactor, FullSizeModel)
         # Clients score pruned weights on mask-update rounds (process rounds);
@@ -390,9 +394,13 @@ class CompactRounds:
         state_type.member.aggregator.check_assignable_from(
             aggregator.initialize.type_signature.result.member)
 
-        @tff.federated_computation(state_type, data_type,
-                                   tff.FederatedType(plan_type, tff.SERVER))
-        def next_fn(state, client_data, plan_value):
+        # Client data last: TFF 0.87's mergeable context (a cohort split
+        # across workers) carries its client offset from one part to the next
+        # through the argument's last element only; with data in the middle
+        # every part would get the first clients.
+        @tff.federated_computation(state_type, tff.FederatedType(plan_type, tff.SERVER),
+                                   data_type)
+        def next_fn(state, plan_value, client_data):
             received = tff.federated_broadcast(
                 tff.federated_map(wire, (state.global_model_weights, plan_value)))
             client_output = client_work.next(state.client_work, received, client_data)
@@ -419,8 +427,9 @@ class CompactRounds:
         nothing is pruned, else compact (or sparse)."""
         plan = None if self.scores_round(state) else self.plan(state)
         if plan is None:
-            return self.built.process.next(state, client_data)
-        output = self.architecture(plan).next(state, client_data, plan.tensors())
+            return self.compose(self.built.process.next)(state, client_data)
+        output = self.compose(self.architecture(plan).next)(state, plan.tensors(),
+                                                            client_data)
         if self.scores and "masks_updated" in output.metrics["finalizer"] and bool(
                 output.metrics["finalizer"]["masks_updated"]):
             # The masks would have been decided on the zeros standing in for scores.

@@ -32,10 +32,12 @@ from tff_prune import centralized_driver
 from tff_prune import config as config_lib
 from tff_prune import federated_driver
 from tff_prune import output_dir
+from tff_prune import runtime
 from tff_prune.experiment_config import ExperimentConfig, jsonable
 
 # Bad user input, reported as one line: flags and settings, the task's data.
-USER_ERRORS = (config_lib.ConfigError, base.DataError)
+USER_ERRORS = (config_lib.ConfigError, base.DataError, runtime.WorkerUnreachableError,
+               runtime.WorkerDataError)
 
 
 def build_task(config: ExperimentConfig) -> base.FederatedTask:
@@ -67,7 +69,12 @@ def run(config: ExperimentConfig,
     output_dir.prepare_output_dir(config.root_output_dir)
     plan = output_dir.plan_output_dir(
         out, output_dir.flatten(jsonable(dataclasses.asdict(config))), overwrite)
+    if config.mode == "federated":
+        # Before the (slow) data and tracing: a wrong --workers fails at once.
+        runtime.check_reachable(config.federated.workers)
+    data_start = time.monotonic()
     task = build_task(config)
+    data_seconds = time.monotonic() - data_start
     metrics = [dataclasses.asdict(m) for m in task.metrics]
     if config.mode == "federated" and (
             config.federated.clients_per_round > len(task.train_client_ids)):
@@ -91,6 +98,11 @@ def run(config: ExperimentConfig,
         "model": result["model"],
         "client_model": result.get("client_model"),
         "wall_seconds": time.monotonic() - start,
+        # Measured here: loading (and featurizing what is not cached) the
+        # task's data, and this process's peak memory (workers: "workers").
+        "resources": {"data_seconds": data_seconds,
+                      "controller_peak_rss_bytes": runtime.process_peak_rss_bytes(os.getpid())},
+        "workers": result.get("workers"),
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "tensorflow_federated": tff.__version__},
         "outputs": result["outputs"],

@@ -47,10 +47,17 @@ class FederatedConfig:
     # What clients train once units are pruned: the physically smaller model
     # (where it applies, see `tff_prune.compact_rounds`) or the masked one.
     client_model: str = "compact"
+    # Where rounds run (not what they compute): remote TFF workers
+    # (`host:port`), else this many owned local ones; clients build their
+    # datasets from ids inside the workers where the task allows it.
+    workers: tuple[str, ...] = ()
+    local_workers: int = 1
+    datasets_on_workers: bool = True
+    worker_lost_after_s: float = 20.0
 
     def __post_init__(self):
         for name in ("total_rounds", "clients_per_round", "client_epochs",
-                     "eval_every_rounds"):
+                     "eval_every_rounds", "local_workers"):
             if getattr(self, name) < 1:
                 raise config_lib.ConfigError(f"--{name} must be >= 1, not {getattr(self, name)}")
         for name in ("client_optimizer", "server_optimizer"):
@@ -60,6 +67,9 @@ class FederatedConfig:
         for name in ("client_learning_rate", "server_learning_rate"):
             if not getattr(self, name) > 0:
                 raise config_lib.ConfigError(f"--{name} must be > 0")
+        if not self.worker_lost_after_s > 0:
+            raise config_lib.ConfigError(
+                f"--worker_lost_after_s must be > 0, not {self.worker_lost_after_s}")
         if self.clip_norm < 0:
             raise config_lib.ConfigError("--clip_norm must be >= 0 (0 = no clipping)")
         if not 0 <= self.server_momentum < 1:

@@ -11,6 +11,7 @@ from tff_prune import centralized
 from tff_prune import config as config_lib
 from tff_prune import experiment_config
 from tff_prune import optimizers
+from tff_prune import runtime
 from tff_prune.pruning import schedule as schedule_lib
 
 # -- run ---------------------------------------------------------------------
@@ -91,6 +92,19 @@ flags.DEFINE_enum("client_model", "compact", list(experiment_config.CLIENT_MODEL
                   "What clients train once units are pruned: the physically smaller "
                   "model (structured schemes; rounds before a mask update train "
                   "masked where clients score pruned weights) or the masked full-size one.")
+flags.DEFINE_string("workers", "",
+                    "Comma-separated host:port of running TFF workers (python -m "
+                    "tff_prune.worker --port=N) to split each round's cohort across; "
+                    "empty: --local_workers owned local workers.")
+flags.DEFINE_integer("local_workers", 1,
+                     "Owned local TFF workers the cohort is split across (without --workers).")
+flags.DEFINE_float("worker_lost_after_s", 20.0,
+                   "A --workers worker unavailable this long (TFF retrying) ends the "
+                   "run with an error; the last checkpoint stays and a rerun resumes.")
+flags.DEFINE_bool("datasets_on_workers", True,
+                  "Clients build their datasets from ids inside the TFF workers where "
+                  "the task allows it (only ids cross the wire); false: the controller "
+                  "builds and sends them.")
 
 # -- centralized -------------------------------------------------------------
 flags.DEFINE_integer("centralized_epochs", 10, "Epochs of --mode=centralized.")
@@ -152,6 +166,10 @@ def experiment_config_from_flags() -> experiment_config.ExperimentConfig:
         raise config_lib.ConfigError(
             f"--prune_end_round={FLAGS.prune_end_round} is after the last round "
             f"(--total_rounds={FLAGS.total_rounds})")
+    try:
+        workers = tuple(runtime.parse_worker_addresses(FLAGS.workers))
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
     task_config = registry.get(FLAGS.task).config_from_flags(
         FLAGS, batch_size=batch_size, seed=FLAGS.seed)
     return experiment_config.ExperimentConfig(
@@ -178,7 +196,10 @@ def experiment_config_from_flags() -> experiment_config.ExperimentConfig:
                for side in ("client", "server")
                for name in ("schedule", "warmup_rounds", "decay_rate")},
             clip_norm=FLAGS.clip_norm,
-            eval_every_rounds=FLAGS.eval_every_rounds, client_model=FLAGS.client_model),
+            eval_every_rounds=FLAGS.eval_every_rounds, client_model=FLAGS.client_model,
+            workers=workers, local_workers=FLAGS.local_workers,
+            datasets_on_workers=FLAGS.datasets_on_workers,
+            worker_lost_after_s=FLAGS.worker_lost_after_s),
         centralized=centralized.CentralizedConfig(
             epochs=FLAGS.centralized_epochs, learning_rate=FLAGS.learning_rate,
             eval_every_epochs=FLAGS.eval_every_epochs, seed=FLAGS.seed),

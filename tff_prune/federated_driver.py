@@ -20,6 +20,7 @@ from tasks import base
 from tff_prune import accounting
 from tff_prune import aggregation
 from tff_prune import checkpoints
+from tff_prune import client_data
 from tff_prune import compact_rounds
 from tff_prune import federated_eval
 from tff_prune import metric_writers
@@ -52,17 +53,19 @@ def client_model_used(config: ExperimentConfig, task: base.FederatedTask) -> str
 
 
 def build_rounds(config: ExperimentConfig, task: base.FederatedTask,
-                 built: process_lib.FederatedPruningProcess
+                 built: process_lib.FederatedPruningProcess,
+                 compose: Optional[Callable] = None,
                  ) -> Optional[compact_rounds.CompactRounds]:
     """What runs the rounds: compact rounds, masked rounds in the sparse
     form (both with the process's own rounds where clients score pruned
-    weights), or (None, no pruning) the process itself."""
+    weights), or (None, no pruning) the process itself. `compose` adapts
+    each round computation to how client data arrive (`client_data`)."""
     if not config.pruning.enabled:
         return None
     compactor = task.compactor()
     if client_model_used(config, task) != "compact":
         compactor = compact_rounds.FullSizeModel(task.build_model)
-    return compact_rounds.CompactRounds(built, compactor)
+    return compact_rounds.CompactRounds(built, compactor, compose)
 
 
 def run_federated(config: ExperimentConfig, task: base.FederatedTask,
@@ -79,9 +82,15 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
         client_optimizer=fed.client_optimizer_built(),
         server_optimizer=fed.server_optimizer_built(),
         delta_aggregator=delta_factory, seed=config.seed)
-    evaluate = federated_eval.build_federated_evaluation(
-        task, built.model_fn, built.index, config.pruning.masks_biases)
-    test_data = [task.client_dataset(c, training=False) for c in task.test_client_ids]
+    # Clients build their datasets from ids inside the workers where the task
+    # allows it (only ids cross the wire); else the controller sends datasets.
+    train_inputs = client_data.ClientInputs(task, training=True, epochs=fed.client_epochs,
+                                            by_id=fed.datasets_on_workers)
+    test_inputs = client_data.ClientInputs(task, training=False,
+                                           by_id=fed.datasets_on_workers)
+    evaluate = test_inputs.compose(federated_eval.build_federated_evaluation(
+        task, built.model_fn, built.index, config.pruning.masks_biases))
+    test_data = test_inputs.values(task.test_client_ids)
     # tff.program: the state manager writes each checkpoint beside its final
     # name and renames it into place, so a half-written one is never loaded.
     state_manager = tff.program.FileProgramStateManager(
@@ -91,11 +100,15 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
     schedule = config.pruning.schedule
     final_eval: dict = {}
     client_model = client_model_used(config, task)
-    rounds = build_rounds(config, task, built)
+    rounds = build_rounds(config, task, built, train_inputs.compose)
     dense_bytes = accounting.dense_bytes_per_client(built.index)
     step_flops = accounting.ClientStepFlops(task, config.seed)
     client_lr = fed.lr_schedule("client")
-    with runtime.local_runtime(log_dir=os.path.join(out, "logs")):
+    with runtime.federated_runtime(
+            workers=fed.workers, num_local_workers=fed.local_workers,
+            log_dir=os.path.join(out, "logs"),
+            remote_lost_after_s=fed.worker_lost_after_s,
+            worker_cwd=train_inputs.worker_root or test_inputs.worker_root) as rt:
         initial_state = built.process.initialize()
         state, done = checkpoints.load_latest_readable_checkpoint(
             state_manager, os.path.join(out, "checkpoints"), initial_state)
@@ -107,10 +120,9 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
             round_start = time.monotonic()
             cohort = cohort_for_round(task.train_client_ids, fed.clients_per_round,
                                       config.seed, round_num)
-            datasets = [task.client_dataset(c, training=True,
-                                            seed=config.seed * 1_000_003 + round_num * 1009 + i)
-                        .repeat(fed.client_epochs)
-                        for i, c in enumerate(cohort)]
+            datasets = train_inputs.values(
+                cohort, [client_data.round_seed(config.seed, round_num, i)
+                         for i in range(len(cohort))])
             state = optimizers.set_round_learning_rate(
                 built.process, state, client_lr, round_num)
             # The rates this round runs at, read from the state it starts from.
@@ -121,7 +133,7 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
             if rounds is None:
                 round_client_work, round_client_model = built.client_work, "masked"
                 round_model_fn = built.model_fn
-                output = built.process.next(state, datasets)
+                output = train_inputs.compose(built.process.next)(state, datasets)
             else:
                 # The compact (or sparse) model of the masks in force; the
                 # process's own round while they prune nothing.
@@ -178,6 +190,11 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
             final_eval = federated_eval.finalize_eval_sums(task, evaluate(weights, test_data))
             final_eval["sparsity"] = accounting.kernel_sparsity(
                 weights, built.index, built.decider.covered_keys)["overall"]
+        workers = {"addresses": [w.address for w in rt.workers],
+                   "remote": bool(fed.workers),
+                   "client_data": "ids" if train_inputs.by_id else "datasets",
+                   "computations": rt.rpc_counts()}
+    workers["peak_rss_bytes"] = rt.worker_peak_rss_bytes()  # read as each owned worker stopped
     model_dir = final_model.save_final_model(
         built.model_fn(), weights, out, task, config.pruning.enabled)
     sparsity = accounting.kernel_sparsity(weights, built.index, built.decider.covered_keys)
@@ -185,6 +202,7 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
         "final": {**final_eval, "sparsity_per_layer": sparsity},
         "model": {**accounting.model_sizes(weights), "prunable_layers": built.prunable_layers},
         "client_model": client_model,
+        "workers": workers,
         "outputs": {"metrics_csv": os.path.join(out, "metrics.csv"),
                     "eval_csv": os.path.join(out, "eval.csv"),
                     "tensorboard": os.path.join(out, "tensorboard"),

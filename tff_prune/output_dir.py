@@ -28,7 +28,9 @@ CONFIG_FILE = "config.json"
 NON_RESULT_KEYS = frozenset({
     "root_output_dir", "experiment_name", "checkpoint_every_rounds",
     "federated.eval_every_rounds", "centralized.eval_every_epochs",
-    "corpus.strict", "corpus.cache_dir",
+    "task.corpus.strict", "task.corpus.cache_dir", "task.corpus.feature_cache_dir",
+    "federated.workers", "federated.local_workers", "federated.datasets_on_workers",
+    "federated.worker_lost_after_s",
 })
 # Federated rounds only add to a run: a larger value continues it.
 EXTENDABLE_KEY = "federated.total_rounds"

@@ -26,26 +26,41 @@ the whole life cycle instead:
     cannot bind (portpicker's port taken by someone else meanwhile) is
     restarted on a fresh port a few times, then one clear `WorkerStartError`;
     waiting for readiness is bounded.
+
+`federated_runtime(workers=[...])` instead connects to TFF workers someone
+else runs (``python -m tff_prune.worker --port=N`` on other machines or
+pods): each is checked reachable at start (one `WorkerUnreachableError`
+naming the address otherwise), a worker that stops answering mid-run ends
+the computation with `WorkerLostError` after a bounded retry window (TFF
+alone would retry forever), and nothing is stopped at exit (not ours). With
+more than one worker, owned or remote, TFF's mergeable execution context
+(`tff.backends.native.create_mergeable_comp_execution_context`) splits each
+computation's clients across them and merges their aggregates.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from typing import Optional
+from collections.abc import Iterator, Sequence
+from typing import Optional, Union
 
 import grpc
 import portpicker
 import psutil
 import tensorflow_federated as tff
 from tensorflow_federated.proto.v0 import executor_pb2
+from tensorflow_federated.proto.v0 import executor_pb2_grpc
+
+from tff_prune.worker_binary import worker_binary_path
 
 _PR_SET_PDEATHSIG = 1
 _READY_TIMEOUT_S = 60.0
@@ -54,6 +69,10 @@ _STOP_TIMEOUT_S = 10.0
 # moment before the kernel reports the exit.
 _DEATH_GRACE_S = 1.0
 _START_ATTEMPTS = 4
+# A remote worker is lost once its RPCs have failed as unavailable for this
+# long without one success in between (TFF retries the computation meanwhile).
+_REMOTE_LOST_AFTER_S = 20.0
+_REMOTE_CONNECT_TIMEOUT_S = 10.0
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
 _GRPC_OPTIONS = [
         ("grpc.max_message_length", _GRPC_MAX_MESSAGE_BYTES),
@@ -78,6 +97,17 @@ class WorkerStartError(RuntimeError):
     """The owned TFF worker never became ready."""
 
 
+class WorkerUnreachableError(RuntimeError):
+    """A remote TFF worker (``--workers``) did not answer at start."""
+
+
+class WorkerDataError(RuntimeError):
+    """A TFF worker cannot open a file its clients' datasets read."""
+
+
+_MISSING_FILE = re.compile(r"([^\s;:'\"]+); No such file or directory")
+
+
 class TerminatedBySignal(SystemExit):
     """Raised in the main thread when the process receives SIGTERM."""
 
@@ -95,11 +125,6 @@ class _RefusingContext(tff.framework.SyncContext):
                 "`with tff_prune.runtime.local_runtime():`")
 
 
-def worker_binary_path() -> str:
-    """Path of the C++ `worker_binary` shipped inside the TFF package."""
-    return os.path.join(os.path.dirname(tff.__file__), "data", "worker_binary")
-
-
 def _die_with_parent() -> None:
     # Runs in the child after fork: ask the kernel to SIGKILL this process when
     # the thread that started it dies, whatever the reason.
@@ -109,10 +134,14 @@ def _die_with_parent() -> None:
 class WorkerProcess:
     """One C++ TFF worker serving on a loopback port, owned by this process."""
 
-    def __init__(self, log_path: str, max_concurrent_computation_calls: int = -1):
+    def __init__(self, log_path: str, max_concurrent_computation_calls: int = -1,
+                 cwd: Optional[str] = None):
         self.log_path = log_path
         self.port = portpicker.pick_unused_port()
+        self.address = f"localhost:{self.port}"
         self.stopped = False
+        self.rpc_counts: collections.Counter = collections.Counter()
+        self.peak_rss_bytes: Optional[int] = None
         binary = worker_binary_path()
         if not os.path.isfile(binary):
             raise RuntimeError(f"TFF worker binary not found at {binary}")
@@ -121,6 +150,8 @@ class WorkerProcess:
                 [binary, f"--port={self.port}",
                  f"--max_concurrent_computation_calls={max_concurrent_computation_calls}"],
                 stdin=subprocess.DEVNULL,
+                # Where the task's worker-side datasets open their files.
+                cwd=cwd,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
                 # Its own session: a terminal's Ctrl-C reaches only us, and we stop
@@ -183,9 +214,11 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; always reaps the child."""
+        if not self.stopped:
+            self.peak_rss_bytes = process_peak_rss_bytes(self.pid)
         self.stopped = True
         with contextlib.suppress(Exception):
-            self.channel.close()
+            self.stub.close()
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.terminate()
@@ -198,32 +231,67 @@ class WorkerProcess:
         self._log_file.close()
 
 
-class _WatchedStub(tff.framework.RemoteExecutorGrpcStub):
-    """TFF's gRPC stub that refuses to talk to a dead worker.
+def process_peak_rss_bytes(pid: int) -> Optional[int]:
+    """A live process's peak resident set (VmHWM), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
-    TFF retries a whole `invoke` for as long as RPCs fail with UNAVAILABLE, so
-    a dead worker means an endless silent retry loop. Every RPC here first
-    checks the owned process, and a failed RPC checks it again, raising
-    `WorkerLostError` (not retryable) instead of TFF's retryable error.
-    """
 
-    def __init__(self, channel: grpc.Channel, worker: "WorkerProcess"):
-        super().__init__(channel)
+class _CountingStub(tff.framework.RemoteExecutorGrpcStub):
+    """TFF's gRPC stub that counts the RPCs each worker answered.
+
+    The counts show that a split cohort reached every worker. Subclasses
+    decide what a failed RPC means (`_call`)."""
+
+    def __init__(self, channel: grpc.Channel, worker):  # pylint: disable=super-init-not-called
+        # Not TFF's __init__: it subscribes to the channel's connectivity and
+        # never unsubscribes, and closing a channel under that subscription
+        # (a worker stopped or lost while gRPC reconnects) makes gRPC's polling
+        # thread die with a traceback. Same fields, our own subscription.
+        self._channel = channel
+        self._stub = executor_pb2_grpc.ExecutorGroupStub(channel)
+        self._channel_status = False
         self._worker = worker
+        channel.subscribe(self._on_connectivity, try_to_connect=True)
+
+    def _on_connectivity(self, connectivity: grpc.ChannelConnectivity) -> None:
+        self._channel_status = connectivity
+
+    def close(self) -> None:
+        """Unsubscribes, lets gRPC's polling thread end, closes the channel."""
+        self._channel.unsubscribe(self._on_connectivity)
+        # With nothing subscribed the thread exits at its next poll (0.2 s).
+        state = getattr(self._channel, "_connectivity_state", None)
+        deadline = time.monotonic() + 1.0
+        while getattr(state, "polling", False) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._channel.close()
 
     def _call(self, method, request):
-        self._worker.check_alive()
         try:
-            return method(request)
+            response = method(request)
         except grpc.RpcError as e:
-            # UNAVAILABLE (TFF's retryable error) is what a dying worker looks
-            # like; give the kernel a moment to report its exit.
-            retryable = isinstance(e, tff.framework.RetryableError)
-            self._worker.check_alive(_DEATH_GRACE_S if retryable else 0.0)
-            raise e
+            # Datasets built inside the worker open files relative to its
+            # folder: one that is missing there is a deployment problem.
+            details = e.details() if hasattr(e, "details") else str(e)
+            missing = _MISSING_FILE.search(str(details or ""))
+            if missing:
+                raise WorkerDataError(
+                    f"{self._worker.describe()} cannot read {missing.group(1)} in its "
+                    "working folder: give every worker a complete copy of the "
+                    "controller's --feature_cache_dir") from None
+            raise
+        self._worker.rpc_counts[method.__name__] += 1
+        return response
 
     def _dispose_call(self, method, request, empty):
-        # Nothing is left to free on a dead worker: disposal (also run from
+        # Nothing is left to free on a lost worker: disposal (also run from
         # finalizers) must not raise.
         try:
             return self._call(method, request)
@@ -257,8 +325,57 @@ class _WatchedStub(tff.framework.RemoteExecutorGrpcStub):
                                   executor_pb2.DisposeExecutorResponse())
 
 
+class _WatchedStub(_CountingStub):
+    """The stub of an owned worker: it refuses to talk to a dead one.
+
+    TFF retries a whole `invoke` for as long as RPCs fail with UNAVAILABLE, so
+    a dead worker means an endless silent retry loop. Every RPC here first
+    checks the owned process, and a failed RPC checks it again, raising
+    `WorkerLostError` (not retryable) instead of TFF's retryable error.
+    """
+
+    def _call(self, method, request):
+        self._worker.check_alive()
+        try:
+            return super()._call(method, request)
+        except grpc.RpcError as e:
+            # UNAVAILABLE (TFF's retryable error) is what a dying worker looks
+            # like; give the kernel a moment to report its exit.
+            retryable = isinstance(e, tff.framework.RetryableError)
+            self._worker.check_alive(_DEATH_GRACE_S if retryable else 0.0)
+            raise e
+
+
+class _RemoteStub(_CountingStub):
+    """The stub of a remote worker: bounded retries, then `WorkerLostError`.
+
+    A remote worker's process cannot be watched; an RPC failing as
+    unavailable is passed on for TFF to retry (a restarting pod may come
+    back), until failures without a success in between have lasted
+    `lost_after_s`: then one `WorkerLostError` naming the address."""
+
+    def _call(self, method, request):
+        worker = self._worker
+        try:
+            response = super()._call(method, request)
+        except grpc.RpcError as e:
+            if not isinstance(e, tff.framework.RetryableError):
+                raise
+            now = time.monotonic()
+            if worker.failing_since is None:
+                worker.failing_since = now
+            worker.failed_calls += 1
+            if now - worker.failing_since >= worker.lost_after_s:
+                raise worker.lost_error() from None
+            raise
+        worker.failing_since = None
+        worker.failed_calls = 0
+        return response
+
+
 def start_worker(log_path: str, max_concurrent_computation_calls: int = -1,
-                 attempts: int = _START_ATTEMPTS) -> WorkerProcess:
+                 attempts: int = _START_ATTEMPTS, cwd: Optional[str] = None,
+                 ) -> WorkerProcess:
     """Starts a worker and waits until it serves, on a fresh port per attempt.
 
     A worker that exits before it is ready most likely lost its port to
@@ -267,7 +384,7 @@ def start_worker(log_path: str, max_concurrent_computation_calls: int = -1,
     A worker that is still running but never ready is not retried.
     """
     for attempt in range(1, attempts + 1):
-        worker = WorkerProcess(log_path, max_concurrent_computation_calls)
+        worker = WorkerProcess(log_path, max_concurrent_computation_calls, cwd)
         try:
             worker.wait_ready()
             return worker
@@ -285,31 +402,115 @@ def start_worker(log_path: str, max_concurrent_computation_calls: int = -1,
     raise AssertionError("unreachable")
 
 
+class RemoteWorker:
+    """A TFF worker someone else runs (``python -m tff_prune.worker``), by address."""
+
+    def __init__(self, address: str, lost_after_s: float = _REMOTE_LOST_AFTER_S):
+        self.address = address
+        self.lost_after_s = lost_after_s
+        self.rpc_counts: collections.Counter = collections.Counter()
+        self.peak_rss_bytes: Optional[int] = None  # not ours to measure
+        self.failing_since: Optional[float] = None
+        self.failed_calls = 0
+        self.channel = grpc.insecure_channel(address, _GRPC_OPTIONS)
+        self.stub = _RemoteStub(self.channel, self)
+
+    def describe(self, note: str = "") -> str:
+        return f"TFF worker at {self.address}{note}"
+
+    def lost_error(self) -> WorkerLostError:
+        return WorkerLostError(self.describe(
+            f" lost mid-run: unavailable for {self.lost_after_s:.0f}s "
+            f"({self.failed_calls} failed calls)"))
+
+    def wait_reachable(self, timeout_s: float = _REMOTE_CONNECT_TIMEOUT_S,
+                       reported_timeout_s: Optional[float] = None) -> None:
+        """Returns once the worker accepts a connection, else one
+        `WorkerUnreachableError` naming its address."""
+        ready = grpc.channel_ready_future(self.channel)
+        try:
+            ready.result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            ready.cancel()  # unsubscribes it from the channel before it is closed
+            waited = reported_timeout_s or timeout_s
+            raise WorkerUnreachableError(
+                f"TFF worker at {self.address} is unreachable (no connection within "
+                f"{waited:.0f}s): start it there with `python -m tff_prune.worker "
+                f"--port=PORT`, or fix --workers") from None
+
+    def stop(self) -> None:
+        """Closes the connection (the worker itself keeps running: not ours)."""
+        with contextlib.suppress(Exception):
+            self.stub.close()
+
+
+Worker = Union[WorkerProcess, RemoteWorker]
+
+
+def check_reachable(addresses: Sequence[str],
+                    timeout_s: float = _REMOTE_CONNECT_TIMEOUT_S) -> None:
+    """Raises `WorkerUnreachableError` for the first of `addresses` that does
+    not accept a connection within `timeout_s` (checked together)."""
+    workers = [RemoteWorker(a) for a in addresses]
+    try:
+        deadline = time.monotonic() + timeout_s
+        for worker in workers:
+            worker.wait_reachable(max(0.1, deadline - time.monotonic()), timeout_s)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def _executor_factory(worker: Worker, default_num_clients: int):
+    def executor_stack(cardinalities):
+        if cardinalities.get(tff.CLIENTS) is None:
+            cardinalities[tff.CLIENTS] = default_num_clients
+        executor = tff.framework.RemoteExecutor(worker.stub)
+        executor.set_cardinalities(cardinalities)
+        return executor
+    return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=executor_stack)
+
+
+_CONTEXT_ARGS = dict(
+    compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+    transform_args=tff.tensorflow.transform_args,
+    transform_result=tff.tensorflow.transform_result,
+)
+
+
 class LocalRuntime:
-    """The running workers and the TFF context that talks to them."""
+    """The workers (owned or remote) and the TFF context that talks to them.
 
-    def __init__(self, workers: list[WorkerProcess], default_num_clients: int):
-        self.workers = workers
-        worker = workers[0]
+    One worker: TFF's synchronous remote context. Several: TFF's mergeable
+    context over one asynchronous context per worker, which runs each
+    computation's clients in one part per worker (the cohort split in
+    order) and merges the parts' aggregates.
+    """
 
-        def executor_stack(cardinalities):
-            if cardinalities.get(tff.CLIENTS) is None:
-                cardinalities[tff.CLIENTS] = default_num_clients
-            executor = tff.framework.RemoteExecutor(worker.stub)
-            executor.set_cardinalities(cardinalities)
-            return executor
-
-        self.context = tff.framework.SyncExecutionContext(
-                executor_fn=tff.framework.ResourceManagingExecutorFactory(
-                        executor_stack_fn=executor_stack),
-                compiler_fn=tff.backends.native.desugar_and_transform_to_native,
-                transform_args=tff.tensorflow.transform_args,
-                transform_result=tff.tensorflow.transform_result,
-        )
+    def __init__(self, workers: Sequence[Worker], default_num_clients: int):
+        self.workers = list(workers)
+        if len(self.workers) == 1:
+            self.context = tff.framework.SyncExecutionContext(
+                executor_fn=_executor_factory(self.workers[0], default_num_clients),
+                **_CONTEXT_ARGS)
+        else:
+            self.context = tff.backends.native.create_mergeable_comp_execution_context([
+                tff.framework.AsyncExecutionContext(
+                    executor_fn=_executor_factory(w, default_num_clients), **_CONTEXT_ARGS)
+                for w in self.workers])
 
     @property
     def worker_pids(self) -> list[int]:
-        return [w.pid for w in self.workers]
+        """PIDs of the owned workers (remote ones have none here)."""
+        return [w.pid for w in self.workers if isinstance(w, WorkerProcess)]
+
+    def rpc_counts(self) -> dict[str, int]:
+        """Computations each worker ran so far (`compute` RPCs), by address."""
+        return {w.address: w.rpc_counts["compute"] for w in self.workers}
+
+    def worker_peak_rss_bytes(self) -> dict[str, Optional[int]]:
+        """Each owned worker's peak resident memory, by address (after stop)."""
+        return {w.address: w.peak_rss_bytes for w in self.workers}
 
 
 def _raise_terminated(signum, frame):  # pylint: disable=unused-argument
@@ -334,35 +535,66 @@ def install_refusing_default_context() -> None:
     tff.framework.set_default_context(_RefusingContext())
 
 
+def parse_worker_addresses(text: str) -> list[str]:
+    """``host:port,host:port`` -> addresses; `ValueError` with one line if malformed."""
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--workers: {address!r} is not host:port")
+    if len(set(addresses)) != len(addresses):
+        raise ValueError(f"--workers lists an address twice: {text}")
+    return addresses
+
+
 @contextlib.contextmanager
-def local_runtime(
+def federated_runtime(
+        *,
+        workers: Sequence[str] = (),
+        num_local_workers: int = 1,
         log_dir: Optional[str] = None,
+        worker_cwd: Optional[str] = None,
         default_num_clients: int = 0,
         max_concurrent_computation_calls: int = -1,
+        remote_lost_after_s: float = _REMOTE_LOST_AFTER_S,
 ) -> Iterator[LocalRuntime]:
-    """Starts a local C++ TFF worker, installs its context, and stops it on exit.
+    """Installs a TFF context over remote workers, or owned local ones.
 
     Args:
-        log_dir: where `tff_worker.log` is written (the worker's stdout and
-            stderr); a fresh temporary directory when None.
+        workers: ``host:port`` of running TFF workers (``python -m
+            tff_prune.worker``); empty: start `num_local_workers` owned ones.
+        num_local_workers: owned C++ workers to start (with no `workers`).
+        log_dir: where owned workers write ``tff_worker.log`` (``-N`` suffixed
+            beyond the first); a fresh temporary directory when None.
+        worker_cwd: the owned workers' working folder (where the task's
+            worker-side datasets resolve their relative file paths).
         default_num_clients: cardinality of CLIENTS when it cannot be inferred.
-        max_concurrent_computation_calls: passed to the worker; nonpositive means
-            no limit.
+        max_concurrent_computation_calls: passed to owned workers; nonpositive
+            means no limit.
+        remote_lost_after_s: how long a remote worker may stay unavailable
+            (TFF retrying) before the computation fails with `WorkerLostError`.
 
     Yields:
-        The `LocalRuntime`, whose `worker_pids` lists the processes it owns.
+        The `LocalRuntime`: its workers, their RPC counts and owned PIDs.
     """
     install_refusing_default_context()
     if log_dir is None:
         log_dir = tempfile.mkdtemp(prefix="tff_prune_runtime_")
     os.makedirs(log_dir, exist_ok=True)
-    workers: list[WorkerProcess] = []
+    started: list[Worker] = []
     with _sigterm_raises():
         try:
-            workers.append(start_worker(
-                    os.path.join(log_dir, "tff_worker.log"),
-                    max_concurrent_computation_calls))
-            runtime = LocalRuntime(workers, default_num_clients)
+            if workers:
+                for address in workers:
+                    started.append(RemoteWorker(address, remote_lost_after_s))
+                    started[-1].wait_reachable()
+            else:
+                for i in range(num_local_workers):
+                    name = "tff_worker.log" if i == 0 else f"tff_worker-{i}.log"
+                    started.append(start_worker(
+                        os.path.join(log_dir, name), max_concurrent_computation_calls,
+                        cwd=worker_cwd))
+            runtime = LocalRuntime(started, default_num_clients)
             with tff.framework.get_context_stack().install(runtime.context):
                 yield runtime
         finally:
@@ -371,10 +603,23 @@ def local_runtime(
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK,
                                              {signal.SIGINT, signal.SIGTERM})
             try:
-                for worker in workers:
+                for worker in started:
                     worker.stop()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def local_runtime(
+        log_dir: Optional[str] = None,
+        default_num_clients: int = 0,
+        max_concurrent_computation_calls: int = -1,
+        worker_cwd: Optional[str] = None,
+):
+    """One owned local C++ TFF worker, its context installed, stopped on exit
+    (see `federated_runtime`)."""
+    return federated_runtime(log_dir=log_dir, default_num_clients=default_num_clients,
+                             max_concurrent_computation_calls=max_concurrent_computation_calls,
+                             worker_cwd=worker_cwd)
 
 
 # Importing this module is enough: from here on, nothing can start TFF's

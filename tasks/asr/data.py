@@ -12,9 +12,11 @@ from tasks.asr import librispeech
 from tasks.asr import synthetic_corpus
 from tasks.asr.corpus import CorpusError, SpeechCorpus
 
-DEFAULT_CACHE_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "data", "synthetic")
+_DATA_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
+DEFAULT_CACHE_DIR = os.path.join(_DATA_DIR, "synthetic")
+# The same default as `python -m tff_prune.worker --feature_cache_dir`.
+DEFAULT_FEATURE_CACHE_DIR = os.path.join(_DATA_DIR, "features")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,8 @@ class CorpusConfig:
     num_train_speakers: int = 200
     utterances_per_speaker: int = 30
     seed: int = 0
+    # Per-speaker log-mel shards (any corpus), see `tasks.asr.feature_cache`.
+    feature_cache_dir: str = DEFAULT_FEATURE_CACHE_DIR
 
     def __post_init__(self) -> None:
         # Each field is a flag of the same name; zero speakers or utterances
@@ -50,12 +54,18 @@ def _check_disjoint(train: SpeechCorpus, test: SpeechCorpus, config: CorpusConfi
             f" --corpus_dir={config.corpus_dir}: {first}")
 
 
-def load_corpora(config: CorpusConfig) -> tuple[SpeechCorpus, SpeechCorpus]:
+def load_corpora(config: CorpusConfig, *, verify_audio: bool = True,
+                 ) -> tuple[SpeechCorpus, SpeechCorpus]:
     """(train, test) corpora; the test speakers are never in train.
 
     With `corpus_dir` and no `test_corpus_dir`, `num_test_speakers` speakers
-    chosen by `seed` are held out of `corpus_dir`.
+    chosen by `seed` are held out of `corpus_dir`. `verify_audio=False` reads
+    audio headers only (`librispeech.load_librispeech`).
     """
+    def load(root: str) -> SpeechCorpus:
+        return librispeech.load_librispeech(root, strict=config.strict,
+                                            verify_audio=verify_audio)
+
     if config.corpus_dir is None:
         root = synthetic_corpus.ensure_synthetic_corpus(
             config.cache_dir,
@@ -63,11 +73,10 @@ def load_corpora(config: CorpusConfig) -> tuple[SpeechCorpus, SpeechCorpus]:
             num_test_speakers=config.num_test_speakers,
             utterances_per_speaker=config.utterances_per_speaker,
             seed=config.seed)
-        return (librispeech.load_librispeech(os.path.join(root, "train"), strict=config.strict),
-                librispeech.load_librispeech(os.path.join(root, "test"), strict=config.strict))
-    corpus = librispeech.load_librispeech(config.corpus_dir, strict=config.strict)
+        return load(os.path.join(root, "train")), load(os.path.join(root, "test"))
+    corpus = load(config.corpus_dir)
     if config.test_corpus_dir is not None:
-        test = librispeech.load_librispeech(config.test_corpus_dir, strict=config.strict)
+        test = load(config.test_corpus_dir)
         _check_disjoint(corpus, test, config)
         return corpus, test
     speakers = list(corpus.client_ids)

@@ -7,6 +7,12 @@ Layout: ``root/SPEAKER/CHAPTER/SPEAKER-CHAPTER-NNNN.flac`` plus
 Every file is checked at index time -- audio is fully decoded with soundfile
 -- so that a bad file surfaces here as one readable line instead of as a
 TensorFlow stack trace in the middle of federated training.
+
+``verify_audio=False`` checks only each FLAC's header (empty, unreadable, not
+FLAC, sample rate, channels, bit depth) and takes the sample count from it
+without decoding. That is for callers that decode every file exactly once
+themselves and catch truncation there (``tasks.asr.feature_cache``): a
+truncated file then passes the loader.
 """
 
 from __future__ import annotations
@@ -166,8 +172,14 @@ def _index(root: str) -> tuple[list[_Candidate], list[_Problem]]:
     return candidates, problems
 
 
-def _check_audio(path: str, sample_rate: int) -> tuple[int | None, _Problem | None]:
-    """Verify one FLAC by decoding it completely: (samples, None) or (None, problem)."""
+def _check_audio(
+    path: str, sample_rate: int, verify_audio: bool = True
+) -> tuple[int | None, _Problem | None]:
+    """Check one FLAC: (samples, None) or (None, problem).
+
+    With ``verify_audio`` the file is decoded completely (catching truncation);
+    without, only its header is checked and the header's frame count returned.
+    """
     try:
         if os.path.getsize(path) == 0:
             return None, _Problem(path, EMPTY_AUDIO)
@@ -183,6 +195,8 @@ def _check_audio(path: str, sample_rate: int) -> tuple[int | None, _Problem | No
         return None, _Problem(path, NOT_MONO, f"{info.channels} channels")
     if info.subtype != "PCM_16":
         return None, _Problem(path, NOT_16_BIT, info.subtype)
+    if not verify_audio:
+        return info.frames, None
     # A cut FLAC keeps a valid header: it either fails mid-decode or yields
     # fewer samples than the header promises. Both mean truncated.
     decoded = 0
@@ -213,7 +227,9 @@ def _summary(skipped: collections.Counter, total: int, root: str) -> str:
     return f"skipped {sum(skipped.values())} of {total} utterances in {root}: {reasons}"
 
 
-def load_librispeech(root: str, *, strict: bool = False, sample_rate: int = 16000) -> SpeechCorpus:
+def load_librispeech(
+    root: str, *, strict: bool = False, sample_rate: int = 16000, verify_audio: bool = True
+) -> SpeechCorpus:
     """Index a LibriSpeech-layout directory; speakers are the clients.
 
     Bad files (corrupt or truncated audio, wrong sample rate, non-mono,
@@ -223,6 +239,11 @@ def load_librispeech(root: str, *, strict: bool = False, sample_rate: int = 1600
     problems are reported before the audio is decoded) raises
     :class:`CorpusError` instead. A missing or empty ``root``, or one with no
     usable utterance, always raises :class:`CorpusError`.
+
+    ``verify_audio=False`` skips the full decode: only headers are checked and
+    ``num_samples`` comes from the header, so a truncated file is *not* caught
+    here. Use it only when every file is decoded and verified later anyway
+    (e.g. by :func:`tasks.asr.feature_cache.build_feature_cache`).
     """
     if not os.path.isdir(root):
         raise CorpusError(f"corpus directory {root} does not exist")
@@ -239,7 +260,8 @@ def load_librispeech(root: str, *, strict: bool = False, sample_rate: int = 1600
     # soundfile (cffi) releases the GIL while decoding, so threads overlap decode and I/O.
     workers = min(32, 2 * (os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        checks = list(pool.map(lambda c: _check_audio(c.audio_path, sample_rate), candidates))
+        checks = list(pool.map(
+            lambda c: _check_audio(c.audio_path, sample_rate, verify_audio), candidates))
     by_speaker: dict[str, list[Utterance]] = collections.defaultdict(list)
     for candidate, (num_samples, problem) in zip(candidates, checks):
         if problem is not None:

@@ -42,6 +42,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("utterances_per_speaker", 30, "Synthetic corpus: utterances each.")
     flags.DEFINE_string("corpus_cache_dir", data_lib.DEFAULT_CACHE_DIR,
                         "Synthetic corpus: where it is generated once and cached.")
+    flags.DEFINE_string("feature_cache_dir", data_lib.DEFAULT_FEATURE_CACHE_DIR,
+                        "Where log-mel features are computed once per corpus and front "
+                        "end (one TFRecord shard per speaker) and reused; TFF workers "
+                        "(python -m tff_prune.worker) read their copy of it.")
     flags.DEFINE_bool("strict_data", False,
                       "Fail on the first bad file instead of skipping bad files.")
     flags.DEFINE_enum("model_size", "small", list(task_lib.MODEL_PRESETS),
@@ -58,15 +62,21 @@ def config_from_flags(values: flags.FlagValues, *, batch_size: int, seed: int) -
             corpus_dir=values.corpus_dir, test_corpus_dir=values.test_corpus_dir,
             num_test_speakers=values.num_test_speakers, strict=values.strict_data,
             cache_dir=values.corpus_cache_dir, num_train_speakers=values.num_train_speakers,
-            utterances_per_speaker=values.utterances_per_speaker, seed=seed),
+            utterances_per_speaker=values.utterances_per_speaker, seed=seed,
+            feature_cache_dir=values.feature_cache_dir),
         model=task_lib.AsrTaskConfig(model_size=values.model_size, dropout=values.dropout,
                                      batch_size=batch_size))
 
 
 def build(config: AsrConfig) -> task_lib.AsrTask:
-    """Loads (or synthesizes) the corpora and returns the task."""
-    train, test = data_lib.load_corpora(config.corpus)
-    return task_lib.AsrTask(train, test, config.model)
+    """Loads (or synthesizes) the corpora, featurizes what the feature cache
+    lacks, and returns the task."""
+    # Headers only: the feature cache decodes each file once (and reports
+    # the ones that fail), and a rerun decodes nothing.
+    train, test = data_lib.load_corpora(config.corpus, verify_audio=False)
+    return task_lib.AsrTask(train, test, config.model,
+                            feature_cache_dir=config.corpus.feature_cache_dir,
+                            strict=config.corpus.strict)
 
 
 def export(record: Mapping[str, Any]) -> base.TaskExport:

@@ -1,25 +1,30 @@
 """The ASR task: speakers' utterances -> log-mel batches -> Conformer-CTC.
 
-Featurization happens once per client, eagerly, in this process (FLAC decoding
-uses a tensorflow-io custom op that TFF's C++ worker does not have). Client
-datasets are then built from those in-memory arrays with core TF ops only, so
-TFF can serialize them to its worker; SpecAugment, shuffling and batching run
-inside the dataset, seeded, on training data only.
+Features are computed once per corpus into the on-disk feature cache
+(`feature_cache`: one TFRecord shard per speaker, each audio file decoded
+once, reused by every later run and resume). A client's dataset reads its
+speaker's shard with core TF ops only, so the same function runs here and
+inside TFF's C++ workers, which build their clients' datasets from speaker
+ids (`worker_datasets`); SpecAugment, shuffling and batching run inside the
+dataset, seeded, on training data only. Nothing holds the corpus's features
+in memory: a client's dataset holds at most that client's examples.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tasks import base
 from tasks.asr import ctc
+from tasks.asr import feature_cache
 from tasks.asr import features as features_lib
 from tasks.asr import metrics as metrics_lib
 from tasks.asr import model as model_lib
@@ -28,6 +33,9 @@ from tasks.asr import units
 from tasks.asr.corpus import SpeechCorpus, Utterance
 
 MODEL_PRESETS = ("micro", "tiny", "small", "medium", "paper")
+# Pooled (centralized) data: shards read at once, and the examples mixed.
+_POOLED_CYCLE_LENGTH = 8
+_POOLED_SHUFFLE_BUFFER = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,36 +58,6 @@ class AsrTaskConfig:
         return preset(num_mel_bins=self.feature.num_mel_bins, dropout=self.dropout)
 
 
-@dataclasses.dataclass
-class _ClientFeatures:
-    """One client's featurized utterances, padded into dense arrays."""
-
-    features: np.ndarray        # float32 [N, T_max, F]
-    feature_lengths: np.ndarray  # int32 [N]
-    labels: np.ndarray          # int32 [N, L_max], 0-padded
-    label_lengths: np.ndarray   # int32 [N]
-
-    @property
-    def num_examples(self) -> int:
-        return int(self.features.shape[0])
-
-
-def _pad_client(feats: list[np.ndarray], labels: list[list[int]],
-                num_mel_bins: int) -> _ClientFeatures:
-    """Pads one client's variable-length features and labels into arrays."""
-    n = len(feats)
-    padded = np.zeros([n, max(f.shape[0] for f in feats), num_mel_bins], np.float32)
-    padded_labels = np.zeros([n, max(len(l) for l in labels)], np.int32)
-    for i, (f, l) in enumerate(zip(feats, labels)):
-        padded[i, :f.shape[0]] = f
-        padded_labels[i, :len(l)] = l
-    return _ClientFeatures(
-        features=padded,
-        feature_lengths=np.array([f.shape[0] for f in feats], np.int32),
-        labels=padded_labels,
-        label_lengths=np.array([len(l) for l in labels], np.int32))
-
-
 def ctc_feasible(utterance: Utterance, feature_config: features_lib.FeatureConfig,
                  ) -> bool:
     """Whether CTC can align the transcript to the model's output frames."""
@@ -97,15 +75,24 @@ class AsrTask(base.FederatedTask):
     name = "asr"
 
     def __init__(self, train_corpus: SpeechCorpus, test_corpus: SpeechCorpus,
-                 config: AsrTaskConfig = AsrTaskConfig()):
+                 config: AsrTaskConfig = AsrTaskConfig(), *,
+                 feature_cache_dir: Optional[str] = None, strict: bool = False):
+        """Featurizes what the feature cache lacks (every speaker on a first run).
+
+        `feature_cache_dir`: where the per-speaker feature shards live (a
+        fresh temporary folder when None); `strict`: a file that fails to
+        decode while featurizing raises `CorpusError` instead of being skipped.
+        """
         self.config = config
         self.model_config = config.model_config()
         self.skipped: collections.Counter = collections.Counter()
         # Per split: {character: times normalize_transcript dropped it}.
         self.dropped_characters: dict[str, dict[str, int]] = {}
-        self.train_corpus = self._usable(train_corpus, "train")
-        self.test_corpus = self._usable(test_corpus, "test")
-        self._cache: dict[tuple[str, str], _ClientFeatures] = {}
+        self.feature_cache_dir = os.path.abspath(
+            feature_cache_dir or tempfile.mkdtemp(prefix="tff_prune_features_"))
+        self.cached: dict[str, feature_cache.CachedSplit] = {}
+        self.train_corpus = self._featurized(self._usable(train_corpus, "train"), "train", strict)
+        self.test_corpus = self._featurized(self._usable(test_corpus, "test"), "test", strict)
 
     def _usable(self, corpus: SpeechCorpus, split: str) -> SpeechCorpus:
         """Drops utterances too long or that CTC cannot align, with counts."""
@@ -134,6 +121,24 @@ class AsrTask(base.FederatedTask):
         if not usable.client_ids:
             raise ValueError(f"the {split} split has no usable utterances")
         return usable
+
+    def _featurized(self, corpus: SpeechCorpus, split: str, strict: bool) -> SpeechCorpus:
+        """Builds (or reuses) the split's feature shards; drops, with counts,
+        the utterances whose audio failed to decode."""
+        cached = feature_cache.build_feature_cache(
+            self.feature_cache_dir, corpus, self.config.feature, strict=strict,
+            description=f"{split} features")
+        self.cached[split] = cached
+        for problem in cached.problems:
+            self.skipped[f"{split}: {problem.reason}"] += 1
+        if cached.problems:
+            logging.warning("%s split: %d utterances failed to decode (first: %s)", split,
+                            len(cached.problems), cached.problems[0].message())
+        kept = {u for ids in cached.kept.values() for u in ids}
+        corpus = corpus.filter_utterances(lambda u: u.utterance_id in kept)
+        if not corpus.client_ids:
+            raise ValueError(f"the {split} split has no usable utterances")
+        return corpus
 
     def _count_dropped_characters(self, corpus: SpeechCorpus, split: str) -> None:
         """Logs (once per split) and records characters the vocabulary cannot encode."""
@@ -169,18 +174,45 @@ class AsrTask(base.FederatedTask):
         )
 
     def num_examples(self, client_id: str, *, training: bool) -> int:
-        return self._client_features(client_id, training).num_examples
+        return self._split(training).num_examples[client_id]
 
     def client_dataset(self, client_id: str, *, training: bool,
                        seed: int = 0) -> tf.data.Dataset:
-        return self._dataset([self._client_features(client_id, training)],
-                             training=training, seed=seed)
+        split = self._split(training)
+        path = os.path.join(split.root, split.shards[client_id])
+        return self._batched(self._examples(path), training=training, seed=seed,
+                             shuffle_buffer=self._shuffle_buffer(training))
+
+    def worker_datasets(self, *, training: bool) -> base.WorkerDatasets:
+        split = self._split(training)
+        speakers = sorted(split.shards)
+        shards = [split.shards[c] for c in speakers]  # relative to the cache root
+        buffer = self._shuffle_buffer(training)
+
+        def dataset_fn(client_id: tf.Tensor, seed: tf.Tensor) -> tf.data.Dataset:
+            # Speaker id -> its shard, as a table inside the computation: only
+            # the id crosses the wire; an unknown id reads "" and fails there.
+            table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                tf.constant(speakers), tf.constant(shards)), default_value="")
+            return self._batched(self._examples(table.lookup(client_id)),
+                                 training=training, seed=seed, shuffle_buffer=buffer)
+
+        return base.WorkerDatasets(dataset_fn=dataset_fn, root=split.root)
 
     def pooled_dataset(self, *, training: bool, seed: int = 0) -> tf.data.Dataset:
-        ids = self.train_client_ids if training else self.test_client_ids
-        self._featurize(ids, training)
-        return self._dataset([self._client_features(c, training) for c in ids],
-                             training=training, seed=seed)
+        # Streams the shards one after another (shard order shuffled per
+        # seed), mixing examples through a bounded buffer: never the whole
+        # split in memory.
+        split = self._split(training)
+        paths = [os.path.join(split.root, split.shards[c])
+                 for c in (self.train_client_ids if training else self.test_client_ids)]
+        files = tf.data.Dataset.from_tensor_slices(paths)
+        if training:
+            files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        examples = files.interleave(self._examples, cycle_length=_POOLED_CYCLE_LENGTH,
+                                    deterministic=True)
+        return self._batched(examples, training=training, seed=seed,
+                             shuffle_buffer=_POOLED_SHUFFLE_BUFFER)
 
     def batch_loss(self, model: tf.keras.Model, batch: Any,
                    training: bool) -> tuple[tf.Tensor, tf.Tensor]:
@@ -236,74 +268,57 @@ class AsrTask(base.FederatedTask):
     def describe(self) -> Mapping[str, Any]:
         def utterances(corpus):
             return sum(len(corpus.utterances(c)) for c in corpus.client_ids)
+
+        def hours(corpus):
+            return sum(u.duration_s for u in corpus.all_utterances()) / 3600
         return {
                 "task": self.name,
                 "train_speakers": len(self.train_client_ids),
                 "test_speakers": len(self.test_client_ids),
                 "train_utterances": utterances(self.train_corpus),
                 "test_utterances": utterances(self.test_corpus),
+                "train_audio_hours": hours(self.train_corpus),
+                "test_audio_hours": hours(self.test_corpus),
                 "model": dataclasses.asdict(self.model_config),
                 "batch_size": self.config.batch_size,
                 "skipped": dict(self.skipped),
                 "dropped_characters": dict(self.dropped_characters),
+                "feature_cache": {"root": self.feature_cache_dir,
+                                  **{split: dataclasses.asdict(c.stats)
+                                     for split, c in self.cached.items()}},
         }
 
     # -- data ------------------------------------------------------------------
 
-    def _client_features(self, client_id: str, training: bool) -> _ClientFeatures:
-        self._featurize([client_id], training)
-        return self._cache[("train" if training else "test", client_id)]
+    def _split(self, training: bool) -> feature_cache.CachedSplit:
+        return self.cached["train" if training else "test"]
 
-    def _featurize(self, client_ids: Sequence[str], training: bool) -> None:
-        """Featurizes the uncached clients among `client_ids` in one pass."""
-        split = "train" if training else "test"
-        corpus = self.train_corpus if training else self.test_corpus
-        todo = [c for c in client_ids if (split, c) not in self._cache]
-        if not todo:
-            return
-        feature_config = self.config.feature
-        dataset = corpus.create_tf_dataset_for_clients(todo).map(
-            lambda e: (features_lib.log_mel_features(e["audio"], feature_config),
-                 e["transcript"]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        elements = dataset.as_numpy_iterator()
-        for client_id in todo:
-            feats, labels = [], []
-            for _ in corpus.utterances(client_id):
-                feature, transcript = next(elements)
-                feats.append(feature)
-                labels.append(text.encode(transcript.decode("utf-8")))
-            self._cache[(split, client_id)] = _pad_client(
-                feats, labels, feature_config.num_mel_bins)
+    def _shuffle_buffer(self, training: bool) -> int:
+        """The largest client's examples: a client's shuffle is a full one."""
+        return max(self._split(training).num_examples.values())
 
-    def _dataset(self, clients: list[_ClientFeatures], *, training: bool,
-                 seed: int) -> tf.data.Dataset:
+    def _examples(self, path: tf.Tensor) -> tf.data.Dataset:
+        return feature_cache.shard_dataset(path, self.config.feature.num_mel_bins)
+
+    def _batched(self, examples: tf.data.Dataset, *, training: bool, seed: Any,
+                 shuffle_buffer: int) -> tf.data.Dataset:
+        """(features, labels) examples -> shuffled, augmented, padded batches."""
         num_mels = self.config.feature.num_mel_bins
-        parts = []
-        for c in clients:
-            parts.append(tf.data.Dataset.from_tensor_slices(
-                    (c.features, c.feature_lengths, c.labels, c.label_lengths)).map(
-                            lambda f, fl, l, ll: (f[:fl], fl, l[:ll], ll)))
-        dataset = parts[0]
-        for part in parts[1:]:
-            dataset = dataset.concatenate(part)
         augment = self.config.spec_augment if training else None
         if training:
-            total = sum(c.num_examples for c in clients)
-            dataset = dataset.shuffle(total, seed=seed, reshuffle_each_iteration=True)
+            examples = examples.shuffle(shuffle_buffer, seed=seed,
+                                        reshuffle_each_iteration=True)
 
         def to_example(index, example):
-            f, fl, l, ll = example
+            f, l = example
             if augment is not None:
                 f = features_lib.spec_augment(f, augment, seed=tf.stack(
                         [tf.cast(seed, tf.int64), index]))
-            return (collections.OrderedDict(features=f, feature_lengths=fl),
-                            collections.OrderedDict(labels=l, label_lengths=ll))
+            return (collections.OrderedDict(features=f, feature_lengths=tf.shape(f)[0]),
+                    collections.OrderedDict(labels=l, label_lengths=tf.shape(l)[0]))
 
-        dataset = dataset.enumerate().map(to_example)
-        return dataset.padded_batch(
+        return examples.enumerate().map(to_example).padded_batch(
                 self.config.batch_size,
                 padded_shapes=(
                         collections.OrderedDict(features=[None, num_mels], feature_lengths=[]),
                         collections.OrderedDict(labels=[None], label_lengths=[])))
-
