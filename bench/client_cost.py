@@ -32,7 +32,8 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3
 # pylint: disable=wrong-import-position
 import tensorflow as tf
 
-import tff_prune.runtime  # noqa: F401  (TFF's default context must never start a worker)
+import tff_prune.runtime  # (also: TFF's default context must never start a worker)
+from bench import common
 from tasks.asr import compaction
 from tasks.asr import data as data_lib
 from tasks.asr import task as task_lib
@@ -46,11 +47,7 @@ VARIANTS = ("dense", "masked", "compact")
 def _rss_mib() -> float:
     """Peak RSS of this process so far. `/proc`'s VmHWM, not `ru_maxrss`,
     which keeps the peak of the forking parent across exec."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return tff_prune.runtime.process_peak_rss_bytes(os.getpid()) / 2**20
 
 
 def client_model(task: task_lib.AsrTask, variant: str, sparsity: float
@@ -79,9 +76,7 @@ def client_model(task: task_lib.AsrTask, variant: str, sparsity: float
 
 def measure(model_size: str, variant: str, sparsity: float, steps: int,
             num_train_speakers: int, cache_dir: str) -> dict:
-    train, test = data_lib.load_corpora(data_lib.CorpusConfig(
-        cache_dir=cache_dir, num_train_speakers=num_train_speakers, num_test_speakers=2))
-    task = task_lib.AsrTask(train, test, task_lib.AsrTaskConfig(model_size=model_size))
+    task = common.load_task(model_size, num_train_speakers, cache_dir)
     tf.keras.utils.set_random_seed(0)  # the same initial weights, hence masks, every run
     batches = list(task.client_dataset(task.train_client_ids[0], training=True).repeat()
                    .take(steps))

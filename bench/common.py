@@ -24,6 +24,7 @@ import tensorflow_federated as tff
 
 from tasks.asr import data as data_lib
 from tasks.asr import task as task_lib
+from tff_prune import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -84,11 +85,10 @@ def time_round_robin(variants: list[Variant], data, repeats: int) -> None:
 
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory of a live process (VmHWM), in MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    peak = runtime.process_peak_rss_bytes(pid)
+    if peak is None:
+        raise RuntimeError(f"no VmHWM for pid {pid}")
+    return peak / 2**20
 
 
 def header(result: dict) -> dict:

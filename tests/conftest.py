@@ -39,8 +39,9 @@ def tiny_corpus_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def micro_task(tiny_corpus_dir):
-    """The ASR task on the tiny corpus: micro Conformer, no dropout, batch 4."""
+def micro_task(tiny_corpus_dir, tmp_path_factory):
+    """The ASR task on the tiny corpus: micro Conformer, no dropout, batch 4
+    (its feature cache in a session temporary folder)."""
     import os
 
     from tasks.asr import librispeech
@@ -49,7 +50,8 @@ def micro_task(tiny_corpus_dir):
     train = librispeech.load_librispeech(os.path.join(tiny_corpus_dir, "train"))
     test = librispeech.load_librispeech(os.path.join(tiny_corpus_dir, "test"))
     return task_lib.AsrTask(train, test, task_lib.AsrTaskConfig(
-        model_size="micro", dropout=0.0, batch_size=4))
+        model_size="micro", dropout=0.0, batch_size=4),
+        feature_cache_dir=str(tmp_path_factory.mktemp("features")))
 
 
 @pytest.fixture(scope="session")

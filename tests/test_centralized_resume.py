@@ -16,14 +16,15 @@ class _Interrupt(Exception):
 
 
 @pytest.fixture(scope="module")
-def micro_task(tiny_corpus_dir):
+def micro_task(tiny_corpus_dir, tmp_path_factory):
     from tasks.asr import librispeech
     from tasks.asr import task as task_lib
 
     train = librispeech.load_librispeech(os.path.join(tiny_corpus_dir, "train"))
     test = librispeech.load_librispeech(os.path.join(tiny_corpus_dir, "test"))
     return task_lib.AsrTask(train, test, task_lib.AsrTaskConfig(
-        model_size="micro", dropout=0.1, batch_size=4))
+        model_size="micro", dropout=0.1, batch_size=4),
+        feature_cache_dir=str(tmp_path_factory.mktemp("features")))
 
 
 def test_interrupted_centralized_pruning_resumes_bit_for_bit(micro_task, tmp_path):

@@ -4,8 +4,6 @@ The worker reads the feature shards by paths relative to its working folder
 (the feature cache); what it builds must be what the controller builds.
 """
 
-import collections
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -72,24 +70,7 @@ def test_training_keys_seed_the_shuffle_and_repeat_the_epochs(micro_task, tmp_pa
     assert float(a[1]) != float(c[1])
 
 
-def test_values_without_worker_datasets_are_datasets():
-    class NoWorkerDatasets:
-        def worker_datasets(self, *, training):
-            return None
-
-        def client_dataset(self, client_id, *, training, seed=0):
-            return tf.data.Dataset.from_tensor_slices([seed])
-
-    inputs = client_data.ClientInputs(NoWorkerDatasets(), training=True, epochs=3)
-    assert not inputs.by_id and inputs.worker_root is None
-    values = inputs.values(["a", "b"], [5, 6])
-    assert [list(v.as_numpy_iterator()) for v in values] == [[5] * 3, [6] * 3]
-    marker = object()
-    assert inputs.compose(marker) is marker
-
-
 def test_round_seed_differs_per_round_and_position():
     seeds = {client_data.round_seed(0, r, i) for r in range(1, 50) for i in range(16)}
     assert len(seeds) == 49 * 16
-    assert collections.Counter(
-        client_data.round_seed(s, 1, 0) for s in range(3)).most_common(1)[0][1] == 1
+    assert len({client_data.round_seed(s, 1, 0) for s in range(3)}) == 3  # per run seed

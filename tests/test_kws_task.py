@@ -375,3 +375,20 @@ def test_federated_rounds_compact_exactly_and_export_a_serving_model(
     assert set(federated) == set(pooled) and "error_stop" in pooled
     for name, value in pooled.items():
         assert federated[name] == pytest.approx(value, abs=1e-4), name
+
+
+def test_without_worker_datasets_the_controller_sends_datasets(kws_task):
+    """KWS has no worker-side datasets: its clients receive datasets built
+    here, and round computations are used as they are."""
+    from tff_prune import client_data  # pylint: disable=import-outside-toplevel
+
+    assert kws_task.worker_datasets(training=True) is None
+    inputs = client_data.ClientInputs(kws_task, training=True, epochs=2)
+    assert not inputs.by_id and inputs.worker_root is None
+    client = kws_task.train_client_ids[0]
+    (dataset,) = inputs.values([client], [5])
+    examples = sum(int(tf.shape(y)[0]) for _, y in dataset)
+    assert examples == 2 * sum(int(tf.shape(y)[0]) for _, y in
+                               kws_task.client_dataset(client, training=True, seed=5))
+    computation = tff.tensorflow.computation(lambda: 1)
+    assert inputs.compose(computation) is computation
