@@ -1,6 +1,7 @@
 # tff-prune: every target bootstraps .venv first when it is missing or stale.
 #   make experiment   - federated structured pruning on the built-in eSpeak corpus
 #   make test         - the test suite (what CI runs)
+#   make findings     - the paper's findings, side by side with seeds (bench/results/findings.md)
 # ARGS="--flag=value ..." passes extra flags to run_experiment.py.
 
 PYTHON      ?= python3.11
@@ -14,7 +15,7 @@ ENV_HASH    := $(shell cat requirements.txt Makefile 2>/dev/null | sha256sum | c
 ARGS        ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv experiment test check-deps bench clean-venv
+.PHONY: venv experiment test check-deps bench findings clean-venv
 
 venv:
 	@if [ ! -x "$(VPY)" ] || [ "$$(cat $(STAMP) 2>/dev/null)" != "$(ENV_HASH)" ]; then \
@@ -53,6 +54,10 @@ bench: venv
 	$(VPY) -m bench.pruning_overhead
 	$(VPY) -m bench.scaling
 	$(VPY) -m bench.data_scaling
+
+# The paper's findings with 2 seeds (about 80 min here); ARGS="--quick" smoke-runs it.
+findings: venv
+	$(VPY) -m bench.findings $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -26,17 +26,15 @@ Results: `bench/results/data_scaling.{md,json}`.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 from bench import common
+from bench import runs
 
 
 def _generate(args, speakers: int) -> float:
@@ -52,27 +50,16 @@ def _generate(args, speakers: int) -> float:
 def _run(args, name: str, speakers: int, features: str, cohort: int,
          local_workers: int = 1) -> dict:
     """One run_experiment.py run; its measured row."""
-    out = os.path.join(args.work_dir, "data_scaling")
-    command = [
-        sys.executable, os.path.join(common.REPO, "run_experiment.py"),
+    done = runs.run_experiment(name, [
         f"--corpus_cache_dir={args.cache_dir}", f"--feature_cache_dir={features}",
         f"--num_train_speakers={speakers}", f"--num_test_speakers={args.test_speakers}",
         f"--utterances_per_speaker={args.utterances_per_speaker}",
         f"--model_size={args.model_size}", "--pruning=none",
         f"--total_rounds={args.rounds}", f"--clients_per_round={cohort}",
         f"--client_epochs={args.client_epochs}", f"--eval_every_rounds={args.rounds}",
-        f"--local_workers={local_workers}", "--progress=off", "--export_dir=none",
-        f"--root_output_dir={out}", f"--experiment_name={name}", "--overwrite"]
-    start = time.monotonic()
-    done = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True,
-                          timeout=7200)
-    if done.returncode != 0:
-        raise SystemExit(f"data_scaling: {name} failed:\n{done.stderr[-3000:]}")
-    run_dir = os.path.join(out, name)
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
-    with open(os.path.join(run_dir, "metrics.csv")) as f:
-        seconds = [float(r["round_seconds"]) for r in csv.DictReader(f)][1:]
+        f"--local_workers={local_workers}"], os.path.join(args.work_dir, "data_scaling"))
+    summary = done.summary
+    seconds = [float(r["round_seconds"]) for r in done.metrics][1:]
     workers = summary["workers"]
     cache = summary["task"]["feature_cache"]
     row = {
@@ -86,9 +73,8 @@ def _run(args, name: str, speakers: int, features: str, cohort: int,
         "controller_peak_rss_mib": summary["resources"]["controller_peak_rss_bytes"] / 2**20,
         "worker_peak_rss_mib": sum(workers["peak_rss_bytes"].values()) / 2**20,
         "computations_per_worker": list(workers["computations"].values()),
-        "wall_seconds": time.monotonic() - start,
+        "wall_seconds": done.wall_seconds,
     }
-    print(f"[bench] {row}", file=sys.stderr, flush=True)
     return row
 
 

@@ -78,3 +78,82 @@ def test_scaling_writes_its_table_and_slope(tmp_path, corpus_cache):
     fit = data["fits"]["micro"]
     assert all(math.isfinite(fit[k]) for k in ("seconds_per_client", "rss_mib_per_client"))
     assert len(_table_rows(tmp_path / "scaling.md")) == 2
+
+
+def test_findings_quick_runs_its_arms_and_writes_the_table(tmp_path, corpus_cache):
+    out = tmp_path / "findings"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.findings", "--quick", "--arms=dense,column_50",
+         f"--corpus_cache_dir={corpus_cache}",
+         f"--feature_cache_dir={corpus_cache / 'features'}", f"--out={out}",
+         f"--work_dir={tmp_path / 'work'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "findings.json").read_text())
+    arms = {a["name"]: a for a in data["arms"]}
+    assert set(arms) == {"dense", "column_50"}
+    assert arms["column_50"]["preset"] == "fedprune_structured"
+    # The arms ran as their presets say: the pruned one is pruned, the dense one not.
+    assert arms["dense"]["runs"][0]["sparsity"] == 0.0
+    assert arms["column_50"]["runs"][0]["sparsity"] > 0.4
+    # Only the findings whose arms ran are judged: "50% ≈ dense".
+    assert [f["arm"] for f in data["findings"]] == ["column_50"]
+    assert data["findings"][0]["verdict"] in ("holds", "does not hold")
+    # Two well-formed tables: the findings judged, then every arm.
+    tables = [[l for l in block.splitlines() if l.startswith("|")]
+              for block in (tmp_path / "findings.md").read_text().split("\n\n")]
+    tables = [t for t in tables if t]
+    assert [len(t) - 2 for t in tables] == [1, 2]
+    assert all(len({l.count("|") for l in t}) == 1 for t in tables)
+    assert (tmp_path / "findings_wer_vs_sparsity.png").stat().st_size > 0
+
+
+def _arm_runs(cers):
+    return [{"seed": s, "cer": c} for s, c in enumerate(cers)]
+
+
+def test_findings_verdicts_pair_the_seeds():
+    from bench import findings
+    better = findings.Finding("a beats b", "", "better", "a", "b")
+    results = {"a": _arm_runs([0.30, 0.40]), "b": _arm_runs([0.35, 0.45])}
+    assert findings.judge(better, results, 0.1)["verdict"] == "holds"
+    results["b"] = _arm_runs([0.25, 0.35])
+    assert findings.judge(better, results, 0.1)["verdict"] == "does not hold"
+    # Better on average but not on every seed: the seeds disagree.
+    results["b"] = _arm_runs([0.50, 0.39])
+    assert findings.judge(better, results, 0.1)["verdict"] == "within seed noise"
+    similar = findings.Finding("a ≈ b", "", "similar", "a", "b")
+    results["b"] = _arm_runs([0.33, 0.37])
+    row = findings.judge(similar, results, 0.1)
+    assert row["ratio"] == pytest.approx(1.0) and row["verdict"] == "holds"
+    results["b"] = _arm_runs([0.20, 0.30])
+    assert findings.judge(similar, results, 0.1)["verdict"] == "does not hold"
+    # Pruning cost: CER pruned / CER dense of each kind of training, per seed.
+    cheaper = findings.Finding("fed cheaper", "", "cheaper_pruning", "a", "b", "ad", "bd")
+    results = {"a": _arm_runs([0.30, 0.40]), "ad": _arm_runs([0.25, 0.35]),
+               "b": _arm_runs([0.20, 0.22]), "bd": _arm_runs([0.10, 0.11])}
+    row = findings.judge(cheaper, results, 0.1)
+    assert row["arm_values"] == pytest.approx([1.2, 0.40 / 0.35])
+    assert row["other_values"] == pytest.approx([2.0, 2.0])
+    assert row["verdict"] == "holds"
+    # An arm that did not run: no verdict.
+    del results["bd"]
+    assert findings.judge(cheaper, results, 0.1) is None
+
+
+def test_convergence_quick_compares_a_setting_with_centralized(tmp_path, corpus_cache):
+    out = tmp_path / "convergence"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.convergence", "--quick", "--variants=fedadam_1e-2",
+         f"--corpus_cache_dir={corpus_cache}",
+         f"--feature_cache_dir={corpus_cache / 'features'}", f"--out={out}",
+         f"--work_dir={tmp_path / 'work'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "convergence.json").read_text())
+    (row,) = data["variants"]
+    assert row["name"] == data["best"] == "fedadam_1e-2"
+    assert [r for r, _ in row["cer"]] == [1, 2]
+    # The centralized reference trained on as many examples as the federated run.
+    assert data["centralized"]["examples"] == row["examples"]
+    assert len(_table_rows(tmp_path / "convergence.md")) == 1

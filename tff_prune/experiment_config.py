@@ -26,7 +26,7 @@ CLIENT_MODELS = ("compact", "masked")
 class FederatedConfig:
     """Rounds, cohort and optimizers of a federated run."""
 
-    total_rounds: int = 50
+    total_rounds: int = 80
     clients_per_round: int = 10
     client_epochs: int = 3
     client_optimizer: str = "adam"

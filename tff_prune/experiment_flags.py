@@ -51,10 +51,10 @@ flags.DEFINE_enum("mask_policy", "server", list(config_lib.MASK_POLICIES),
 flags.DEFINE_enum("pruning_schedule", "step", ["constant", "step", "polynomial"],
                   "How sparsity rises over rounds.")
 flags.DEFINE_float("target_sparsity", 0.5, "Final fraction of prunable weights removed.")
-flags.DEFINE_integer("prune_begin_round", 15, "First round whose end prunes.")
-flags.DEFINE_integer("prune_end_round", 35, "Round at which the target is reached.")
+flags.DEFINE_integer("prune_begin_round", 25, "First round whose end prunes.")
+flags.DEFINE_integer("prune_end_round", 55, "Round at which the target is reached.")
 flags.DEFINE_integer("prune_every_rounds", 5, "Rounds between mask updates.")
-flags.DEFINE_integer("refine_rounds", 10,
+flags.DEFINE_integer("refine_rounds", 15,
                      "Rounds after --prune_end_round in which masks are re-decided at "
                      "the target; then masks are frozen (fine-tuning).")
 flags.DEFINE_string("exclude_layers", None,
@@ -63,7 +63,9 @@ flags.DEFINE_string("exclude_layers", None,
 flags.DEFINE_list("block_shape", ["1", "4"], "Block shape of --pruning=block (rows,cols).")
 
 # -- federated -----------------------------------------------------------------
-flags.DEFINE_integer("total_rounds", 50, "Federated rounds.")
+flags.DEFINE_integer("total_rounds", 80,
+                     "Federated rounds (80: what a 30-minute run allows on 2 cores; "
+                     "bench/results/convergence.md).")
 flags.DEFINE_integer("clients_per_round", 10, "Cohort size.")
 flags.DEFINE_integer("client_epochs", 3, "Local epochs per round.")
 flags.DEFINE_integer("client_batch_size", 8, "Local batch size (also centralized).")

@@ -1,0 +1,146 @@
+"""Which optimizers make federated training converge: a small sweep.
+
+  python -m bench.convergence [--rounds=20] [--variants=a,b] [--quick]
+
+Every row is a real `run_experiment.py --pruning=none` run (federated dense,
+the default corpus, model and cohort) for `--rounds` rounds with one client /
+server optimizer setting, held-out CER/WER at every `--eval_every` rounds.
+The last row is the centralized dense run (`--mode=centralized`) trained on
+the same number of examples as the federated runs processed (whole epochs,
+the nearest count), the reference the federated gap is measured against.
+
+Results: `bench/results/convergence.{md,json}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from bench import common
+from bench import runs
+
+# name -> (what it is, flags). FedAvg is the old default; the others are the
+# standard remedies: a larger client step, server momentum (FedAvgM, Hsu et
+# al. 2019) and adaptive server optimizers (FedAdam / FedYogi, Reddi et al.
+# 2021, adaptivity tau = --server_epsilon = 1e-3).
+VARIANTS = {
+    "fedavg": ("client Adam 3e-3, server SGD 1.0 (FedAvg; the old default)", []),
+    "client_lr_1e-2": ("client Adam 1e-2, server SGD 1.0",
+                       ["--client_learning_rate=0.01"]),
+    "fedavgm": ("client Adam 3e-3, server SGD 0.5 + momentum 0.9 (FedAvgM)",
+                ["--server_optimizer=sgdm", "--server_learning_rate=0.5",
+                 "--server_momentum=0.9"]),
+    "fedadam_1e-2": ("client Adam 3e-3, server Adam 1e-2 (FedAdam)",
+                     ["--server_optimizer=adam", "--server_learning_rate=0.01"]),
+    "fedyogi_1e-2": ("client Adam 3e-3, server Yogi 1e-2 (FedYogi)",
+                     ["--server_optimizer=yogi", "--server_learning_rate=0.01"]),
+    "fedadam_1e-3": ("client Adam 3e-3, server Adam 1e-3 (FedAdam)",
+                     ["--server_optimizer=adam", "--server_learning_rate=0.001"]),
+    "fedavgm_m0.5": ("client Adam 3e-3, server SGD 1.0 + momentum 0.5",
+                     ["--server_optimizer=sgdm", "--server_learning_rate=1.0",
+                      "--server_momentum=0.5"]),
+}
+
+
+def _corpus_flags(args) -> list[str]:
+    flags = [f"--model_size={args.model_size}", f"--seed={args.seed}",
+             *runs.cache_flags(args)]
+    if args.quick:
+        flags += ["--num_train_speakers=4", "--num_test_speakers=2",
+                  "--utterances_per_speaker=6"]
+    return flags
+
+
+def run(args) -> dict:
+    out = os.path.join(args.work_dir, "convergence")
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    rows = []
+    for name in names:
+        what, flags = VARIANTS[name]
+        done = runs.run_experiment(name, [
+            *_corpus_flags(args), "--pruning=none", f"--total_rounds={args.rounds}",
+            f"--clients_per_round={args.clients}", f"--client_epochs={args.client_epochs}",
+            f"--eval_every_rounds={args.eval_every}", *flags], out, reuse=args.reuse)
+        rows.append({"name": name, "what": what, "flags": flags,
+                     "cer": done.eval_column("cer"), "wer": done.eval_column("wer"),
+                     "examples": done.examples_trained, "train_seconds": done.train_seconds})
+    examples = rows[0]["examples"]
+    train_utterances = done.summary["task"]["train_utterances"]
+    epochs = max(1, round(examples / train_utterances))
+    central = runs.run_experiment("centralized", [
+        *_corpus_flags(args), "--mode=centralized", "--pruning=none",
+        f"--centralized_epochs={epochs}", "--eval_every_epochs=1"], out, reuse=args.reuse)
+    reference = {"epochs": epochs, "examples": central.examples_trained,
+                 "cer": central.eval_column("cer"), "wer": central.eval_column("wer"),
+                 "train_seconds": central.train_seconds}
+    for row in rows:
+        row["cer_vs_centralized"] = row["cer"][-1][1] / reference["cer"][-1][1]
+    best = min(rows, key=lambda r: r["cer"][-1][1])
+    return common.header({
+        "model_size": args.model_size, "rounds": args.rounds, "clients": args.clients,
+        "client_epochs": args.client_epochs, "seed": args.seed, "quick": args.quick,
+        "train_utterances": train_utterances, "variants": rows, "centralized": reference,
+        "best": best["name"]})
+
+
+def markdown(result: dict) -> str:
+    evals = [r for r, _ in result["variants"][0]["cer"]]
+    ref = result["centralized"]
+    lines = [
+        "# Convergence: client and server optimizers (federated dense)", "",
+        f"Measured {result['date']} on {result['cpus']} CPU cores by "
+        "`python -m bench.convergence`"
+        + (" --quick (a smoke run: not a result)" if result["quick"] else "")
+        + f": real `run_experiment.py --pruning=none` runs, `--model_size="
+        f"{result['model_size']}`, {result['clients']} clients per round x "
+        f"{result['client_epochs']} local epochs, {result['rounds']} rounds, seed "
+        f"{result['seed']}; held-out CER (WER) after the round shown.", "",
+        "| setting | " + " | ".join(f"round {r}" for r in evals)
+        + " | examples | CER / centralized | training s |",
+        "|---|" + "---:|" * len(evals) + "---:|---:|---:|"]
+    for row in result["variants"]:
+        cells = [f"{c:.1%} ({w:.1%})" for (_, c), (_, w) in zip(row["cer"], row["wer"])]
+        best = " **best**" if row["name"] == result["best"] else ""
+        lines.append(f"| `{row['name']}`{best}: {row['what']} | " + " | ".join(cells)
+                     + f" | {row['examples']:,} | {row['cer_vs_centralized']:.2f}x "
+                     f"| {row['train_seconds']:.0f} |")
+    curve = ", ".join(f"epoch {e}: {c:.1%}" for e, c in ref["cer"])
+    lines += ["", f"Centralized dense on the same corpus and model, {ref['epochs']} "
+              f"epoch(s) = {ref['examples']:,} examples (batch 16, its default schedule): "
+              f"held-out CER {curve} ({ref['train_seconds']:.0f} s of training). "
+              "*CER / centralized* divides each setting's last CER by the centralized "
+              "run's last. *Training s*: the rounds' (epochs') seconds as metrics.csv "
+              "recorded them, setup and evaluation excluded."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default="",
+                        help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--eval_every", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--client_epochs", type=int, default=3)
+    parser.add_argument("--model_size", default="small")
+    parser.add_argument("--seed", type=int, default=0)
+    runs.add_run_flags(parser, "convergence")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: tiny corpus, micro model, 2 rounds, 2 settings")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.eval_every, args.clients, args.client_epochs = 2, 1, 2, 1
+        args.model_size = "micro"
+        args.variants = args.variants or "fedavg,fedadam_1e-2"
+    unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown --variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    result = run(args)
+    common.write_results(result, markdown(result), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Real `run_experiment.py` runs for the benches that compare whole experiments.
+
+Each run is a subprocess (its memory and TFF computations its own), exactly
+as a user runs it; `Run` holds what it left behind: `summary.json`, and the
+rows of `metrics.csv` and `eval.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+from bench import common
+
+
+@dataclasses.dataclass
+class Run:
+    """What one finished run left in its experiment folder."""
+
+    name: str
+    run_dir: str
+    summary: dict
+    metrics: list[dict]   # metrics.csv rows (per round, or per epoch)
+    evals: list[dict]     # eval.csv rows
+    wall_seconds: float
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent in rounds (or epochs), as metrics.csv recorded them:
+        setup and evaluation excluded, and kept when a finished run is reused."""
+        column = "round_seconds" if self.metrics and "round_seconds" in self.metrics[0] \
+            else "epoch_seconds"
+        return float(sum(float(r[column]) for r in self.metrics))
+
+    @property
+    def final(self) -> dict:
+        """summary.json's final held-out metrics (cer, wer, sparsity...)."""
+        return self.summary["final"]
+
+    @property
+    def examples_trained(self) -> int:
+        """Training examples processed (federated: summed over clients and
+        local epochs, as the rounds reported them; centralized: per epoch)."""
+        if self.metrics and "num_examples" in self.metrics[0]:
+            return int(sum(float(r["num_examples"]) for r in self.metrics))
+        epochs = len(self.metrics)
+        return int(epochs * self.summary["task"]["train_utterances"])
+
+    def eval_column(self, name: str) -> list[tuple[int, float]]:
+        """(round or epoch, value) of an eval.csv column."""
+        key = "round" if self.evals and "round" in self.evals[0] else "epoch"
+        return [(int(r[key]), float(r[name])) for r in self.evals]
+
+
+def _read_csv(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def run_experiment(name: str, flags: list[str], out_dir: str, *, reuse: bool = False,
+                   timeout_s: float = 7200) -> Run:
+    """`run_experiment.py flags...` as experiment `name` under `out_dir`;
+    raises SystemExit with the run's last error lines if it fails.
+
+    An earlier run of that name is replaced, or with `reuse` resumed by the
+    program itself: a finished one only re-evaluates, and one with other
+    settings is refused (so a bench can be rerun after an interruption).
+    """
+    run_dir = os.path.join(out_dir, name)
+    resume = reuse and os.path.exists(os.path.join(run_dir, "config.json"))
+    command = [sys.executable, os.path.join(common.REPO, "run_experiment.py"), *flags,
+               "--progress=off", "--export_dir=none", f"--root_output_dir={out_dir}",
+               f"--experiment_name={name}", *([] if resume else ["--overwrite"])]
+    start = time.monotonic()
+    done = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True,
+                          timeout=timeout_s)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed ({' '.join(flags)}):\n{done.stderr[-3000:]}")
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    run = Run(name, run_dir, summary, _read_csv(os.path.join(run_dir, "metrics.csv")),
+              _read_csv(os.path.join(run_dir, "eval.csv")), time.monotonic() - start)
+    print(f"[bench] {name}: {run.wall_seconds:.0f} s{' (reused)' if resume else ''}, final "
+          f"{ {k: v for k, v in run.final.items() if isinstance(v, float)} }",
+          file=sys.stderr, flush=True)
+    return run
+
+
+def add_run_flags(parser: argparse.ArgumentParser, results_name: str) -> None:
+    """The flags of a bench made of whole runs: caches, work folder, reuse, output."""
+    parser.add_argument("--corpus_cache_dir", default="",
+                        help="run_experiment.py's --corpus_cache_dir (default: its own)")
+    parser.add_argument("--feature_cache_dir", default="",
+                        help="run_experiment.py's --feature_cache_dir (default: its own)")
+    parser.add_argument("--work_dir", default="/tmp/tff_prune_bench")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished runs of the same settings in --work_dir "
+                             "(e.g. after an interruption)")
+    parser.add_argument("--out", default=os.path.join(common.RESULTS, results_name),
+                        help="path without extension: writes .md and .json")
+
+
+def cache_flags(args: argparse.Namespace) -> list[str]:
+    """run_experiment.py's cache flags from `add_run_flags`' values."""
+    return [f"--{name}={getattr(args, name)}" for name in
+            ("corpus_cache_dir", "feature_cache_dir") if getattr(args, name)]
