@@ -55,9 +55,18 @@ bench: venv
 	$(VPY) -m bench.scaling
 	$(VPY) -m bench.data_scaling
 
-# The paper's findings with 2 seeds (about 80 min here); ARGS="--quick" smoke-runs it.
+# The paper's findings, seeds 0 and 1 side by side (one process each, about 1 h
+# here), then judged together into bench/results/findings.{md,json}. Runs live
+# in $(FINDINGS_WORK) and are resumed if interrupted (--reuse).
+FINDINGS_WORK ?= /tmp/tff_prune_bench
 findings: venv
-	$(VPY) -m bench.findings $(ARGS)
+	@$(VPY) -m bench.findings --seeds=0 --reuse --work_dir=$(FINDINGS_WORK) \
+	  --out=$(FINDINGS_WORK)/findings_seed0 $(ARGS) & seed0=$$!; \
+	$(VPY) -m bench.findings --seeds=1 --reuse --work_dir=$(FINDINGS_WORK) \
+	  --out=$(FINDINGS_WORK)/findings_seed1 $(ARGS) & seed1=$$!; \
+	wait $$seed0 && wait $$seed1
+	$(VPY) -m bench.findings --work_dir=$(FINDINGS_WORK) \
+	  --merge=$(FINDINGS_WORK)/findings_seed0.json,$(FINDINGS_WORK)/findings_seed1.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,13 +1,19 @@
 """The paper's findings, run side by side with seeds: do they hold here?
 
-  python -m bench.findings [--seeds=0,1] [--quick]      (make findings)
+  python -m bench.findings [--seeds=0,1] [--quick] [--reuse]
+  python -m bench.findings --merge=seed0.json,seed1.json
+
+`make findings` runs one process per seed side by side (most of a run's
+time is single-threaded setup and evaluation, so two share 2 cores well)
+and merges their results.
 
 Lin et al. (Interspeech 2022) compare pruning schemes, allocations and mask
 refinement under federated learning. This bench runs each arm as a real
 `run_experiment.py` run (the preset in `bazel_configs/` that reproduces it
 at full scale, at this bench's reduced scale: `SCALE`), with every seed,
-and judges each finding on the held-out CER **paired by seed** (same
-initial weights and client sampling for both arms of a seed):
+and judges each finding on the held-out CER **paired by seed** (both arms
+of a seed share the corpus, which the seed draws, the initial weights and
+the client sampling):
 
 * a "better" finding *holds* when its arm is better for every seed,
   *does not hold* when it is worse for every seed, and is *within seed
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import statistics
@@ -45,6 +52,10 @@ from bench import runs
 # rounds 6-12 (every 2), refinement to round 16, fine-tuning to 20. The
 # centralized arms train on as many examples (whole epochs).
 SCALE = ["--clients_per_round=5", "--client_epochs=2", "--total_rounds=20",
+         # Clients train the masked full-size model: the same results as
+         # compact rounds (README), without building a compact round after
+         # every mask update, which would double a pruned run's time here.
+         "--client_model=masked",
          "--prune_begin_round=6", "--prune_end_round=12", "--prune_every_rounds=2",
          "--refine_rounds=4", "--eval_every_rounds=20", "--eval_every_epochs=1"]
 QUICK_SCALE = ["--model_size=micro", "--num_train_speakers=4", "--num_test_speakers=2",
@@ -208,11 +219,8 @@ def judge(finding: Finding, results: dict[str, list[dict]],
     return row
 
 
-def run(args) -> dict:
-    seeds = [int(s) for s in args.seeds.split(",")]
-    arms = ([ARMS_BY_NAME[n] for n in args.arms.split(",")] if args.arms else list(ARMS))
-    start = time.monotonic()
-    results = run_arms(args, arms, seeds)
+def _result(args, arms: list[Arm], seeds: list[int], results: dict[str, list[dict]],
+            wall_seconds: float, processes: int = 1) -> dict:
     findings = [row for f in FINDINGS
                 if (row := judge(f, results, args.similar_within)) is not None]
     plot = _plot(args, os.path.join(args.work_dir, "findings"))
@@ -222,14 +230,46 @@ def run(args) -> dict:
         "similar_within": args.similar_within,
         "arms": [{"name": a.name, "preset": a.preset, "flags": list(a.flags),
                   "centralized": a.centralized, "runs": results[a.name]} for a in arms],
-        "findings": findings, "plot": plot,
-        "wall_seconds": time.monotonic() - start, "reused": args.reuse})
+        "findings": findings, "plot": plot, "wall_seconds": wall_seconds,
+        "processes": processes, "reused": args.reuse})
+
+
+def run(args) -> dict:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = ([ARMS_BY_NAME[n] for n in args.arms.split(",")] if args.arms else list(ARMS))
+    start = time.monotonic()
+    results = run_arms(args, arms, seeds)
+    return _result(args, arms, seeds, results, time.monotonic() - start)
+
+
+def merge(args, paths: list[str]) -> dict:
+    """One result from benches run side by side (e.g. one process per seed,
+    `--seeds=0` and `--seeds=1` with the same --work_dir and --reuse)."""
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            parts.append(json.load(f))
+    if len({json.dumps(p["scale"]) for p in parts}) != 1:
+        raise SystemExit("findings: --merge needs results of the same scale")
+    results: dict[str, list[dict]] = {}
+    for part in parts:
+        for arm in part["arms"]:
+            results.setdefault(arm["name"], []).extend(arm["runs"])
+    arms = [a for a in ARMS if a.name in results]
+    seeds = sorted({r["seed"] for runs_ in results.values() for r in runs_})
+    args.quick = parts[0]["quick"]
+    return _result(args, arms, seeds, results, max(p["wall_seconds"] for p in parts),
+                   processes=len(parts))
 
 
 def _plot(args, root: str) -> Optional[str]:
     """The report tool's WER-vs-sparsity plot of every run, next to the results."""
     from tff_prune import report  # pylint: disable=import-outside-toplevel
-    built = report.build_report(root)
+    try:
+        built = report.build_report(root)
+    except report.ReportError as e:
+        print(f"[bench] no plot: {e}", file=sys.stderr)
+        return None
     source = [p for p in built.plot_paths if os.path.basename(p) == "wer_vs_sparsity.png"]
     if not source:
         return None
@@ -254,6 +294,8 @@ def markdown(result: dict) -> str:
         "`python -m bench.findings`"
         + (" --quick (a smoke run: its verdicts mean nothing)" if result["quick"] else "")
         + f" in {result['wall_seconds'] / 60:.0f} min"
+        + (f" ({result['processes']} processes side by side, merged with --merge)"
+           if result.get("processes", 1) > 1 else "")
         + (" (with --reuse: runs finished earlier were reused)" if result["reused"] else "")
         + ": every arm is a real "
         f"`run_experiment.py` run of its preset at this scale "
@@ -309,6 +351,9 @@ def main(argv=None) -> int:
     parser.add_argument("--arms", default="",
                         help=f"comma-separated subset of: {', '.join(ARMS_BY_NAME)}")
     parser.add_argument("--similar_within", type=float, default=0.10)
+    parser.add_argument("--merge", default="",
+                        help="comma-separated findings .json files of benches run side by "
+                             "side (same --work_dir): judge them as one run, run nothing")
     runs.add_run_flags(parser, "findings")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: micro model, tiny corpus, 3 rounds, seed 0")
@@ -318,7 +363,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown --arms {', '.join(unknown)}; known: {', '.join(ARMS_BY_NAME)}")
     if args.quick and args.seeds == "0,1":
         args.seeds = "0"
-    result = run(args)
+    result = merge(args, args.merge.split(",")) if args.merge else run(args)
     common.write_results(result, markdown(result), args.out)
     return 0
 

@@ -157,3 +157,33 @@ def test_convergence_quick_compares_a_setting_with_centralized(tmp_path, corpus_
     # The centralized reference trained on as many examples as the federated run.
     assert data["centralized"]["examples"] == row["examples"]
     assert len(_table_rows(tmp_path / "convergence.md")) == 1
+
+
+def test_findings_merge_judges_side_by_side_benches_as_one(tmp_path):
+    # One bench per seed (`--seeds=0`, `--seeds=1`), merged: the findings
+    # pair the seeds across the two files.
+    from bench import findings
+    parts = []
+    for seed, (dense, pruned) in enumerate([(0.50, 0.52), (0.49, 0.60)]):
+        part = {"scale": findings.SCALE, "quick": False, "wall_seconds": 100.0 + seed,
+                "arms": [{"name": "dense", "runs": [{"seed": seed, "cer": dense,
+                                                      "wer": 1.0, "sparsity": 0.0,
+                                                      "examples": 6000,
+                                                      "train_seconds": 60.0}]},
+                         {"name": "column_50", "runs": [{"seed": seed, "cer": pruned,
+                                                          "wer": 1.0, "sparsity": 0.5,
+                                                          "examples": 6000,
+                                                          "train_seconds": 60.0}]}]}
+        path = tmp_path / f"part{seed}.json"
+        path.write_text(json.dumps(part))
+        parts.append(str(path))
+    out = tmp_path / "merged"
+    assert findings.main([f"--merge={','.join(parts)}", f"--out={out}",
+                          f"--work_dir={tmp_path / 'work'}"]) == 0
+    data = json.loads((tmp_path / "merged.json").read_text())
+    assert data["seeds"] == [0, 1] and data["processes"] == 2
+    assert data["wall_seconds"] == 101.0
+    (row,) = data["findings"]
+    assert row["seeds"] == [0, 1] and row["arm_values"] == [0.52, 0.60]
+    assert row["ratio"] == pytest.approx(0.56 / 0.495)
+    assert row["verdict"] == "does not hold"
