@@ -172,10 +172,27 @@ def run_arms(args, arms: list[Arm], seeds: list[int]) -> dict[str, list[dict]]:
                                        reuse=args.reuse)
             if not arm.centralized and examples is None:
                 examples = (done.examples_trained, done.summary["task"]["train_utterances"])
-            results.setdefault(arm.name, []).append({
-                "seed": seed, "cer": done.final["cer"], "wer": done.final["wer"],
-                "sparsity": done.final.get("sparsity", 0.0),
-                "examples": done.examples_trained, "train_seconds": done.train_seconds})
+            results.setdefault(arm.name, []).append(_row(seed, done))
+    return results
+
+
+def _row(seed: int, done: runs.Run) -> dict:
+    return {"seed": seed, "cer": done.final["cer"], "wer": done.final["wer"],
+            "sparsity": done.final.get("sparsity", 0.0),
+            "examples": done.examples_trained, "train_seconds": done.train_seconds}
+
+
+def collect_arms(args, arms: list[Arm], seeds: list[int]) -> dict[str, list[dict]]:
+    """The runs of `arms` x `seeds` already finished in --work_dir (by benches
+    stopped before their end), without running anything."""
+    out = os.path.join(args.work_dir, "findings")
+    results: dict[str, list[dict]] = {}
+    for arm in arms:
+        for seed in seeds:
+            run_dir = os.path.join(out, f"{arm.name}_seed{seed}")
+            if os.path.exists(os.path.join(run_dir, "summary.json")):
+                results.setdefault(arm.name, []).append(
+                    _row(seed, runs.load_run(arm.name, run_dir)))
     return results
 
 
@@ -220,7 +237,8 @@ def judge(finding: Finding, results: dict[str, list[dict]],
 
 
 def _result(args, arms: list[Arm], seeds: list[int], results: dict[str, list[dict]],
-            wall_seconds: float, processes: int = 1) -> dict:
+            wall_seconds: Optional[float], processes: int = 1) -> dict:
+    """The result file's content (`wall_seconds`: None for collected runs)."""
     findings = [row for f in FINDINGS
                 if (row := judge(f, results, args.similar_within)) is not None]
     plot = _plot(args, os.path.join(args.work_dir, "findings"))
@@ -238,6 +256,10 @@ def run(args) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = ([ARMS_BY_NAME[n] for n in args.arms.split(",")] if args.arms else list(ARMS))
     start = time.monotonic()
+    if args.collect:
+        results = collect_arms(args, arms, seeds)
+        arms = [a for a in arms if a.name in results]
+        return _result(args, arms, seeds, results, None)
     results = run_arms(args, arms, seeds)
     return _result(args, arms, seeds, results, time.monotonic() - start)
 
@@ -258,8 +280,9 @@ def merge(args, paths: list[str]) -> dict:
     arms = [a for a in ARMS if a.name in results]
     seeds = sorted({r["seed"] for runs_ in results.values() for r in runs_})
     args.quick = parts[0]["quick"]
-    return _result(args, arms, seeds, results, max(p["wall_seconds"] for p in parts),
-                   processes=len(parts))
+    walls = [p["wall_seconds"] for p in parts]
+    return _result(args, arms, seeds, results,
+                   None if None in walls else max(walls), processes=len(parts))
 
 
 def _plot(args, root: str) -> Optional[str]:
@@ -293,7 +316,8 @@ def markdown(result: dict) -> str:
         f"Measured {result['date']} on {result['cpus']} CPU cores by "
         "`python -m bench.findings`"
         + (" --quick (a smoke run: its verdicts mean nothing)" if result["quick"] else "")
-        + f" in {result['wall_seconds'] / 60:.0f} min"
+        + (f" in {result['wall_seconds'] / 60:.0f} min" if result["wall_seconds"]
+           else ", collected from the finished runs of benches run side by side")
         + (f" ({result['processes']} processes side by side, merged with --merge)"
            if result.get("processes", 1) > 1 else "")
         + (" (with --reuse: runs finished earlier were reused)" if result["reused"] else "")
@@ -351,6 +375,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arms", default="",
                         help=f"comma-separated subset of: {', '.join(ARMS_BY_NAME)}")
     parser.add_argument("--similar_within", type=float, default=0.10)
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: judge the runs already finished in --work_dir")
     parser.add_argument("--merge", default="",
                         help="comma-separated findings .json files of benches run side by "
                              "side (same --work_dir): judge them as one run, run nothing")

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Optional
 
 from bench import common
 
@@ -65,6 +66,15 @@ def _read_csv(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def load_run(name: str, run_dir: str, wall_seconds: Optional[float] = None) -> Run:
+    """A finished run's files (`wall_seconds`: else summary.json's)."""
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    return Run(name, run_dir, summary, _read_csv(os.path.join(run_dir, "metrics.csv")),
+               _read_csv(os.path.join(run_dir, "eval.csv")),
+               summary["wall_seconds"] if wall_seconds is None else wall_seconds)
+
+
 def run_experiment(name: str, flags: list[str], out_dir: str, *, reuse: bool = False,
                    timeout_s: float = 7200) -> Run:
     """`run_experiment.py flags...` as experiment `name` under `out_dir`;
@@ -84,10 +94,7 @@ def run_experiment(name: str, flags: list[str], out_dir: str, *, reuse: bool = F
                           timeout=timeout_s)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed ({' '.join(flags)}):\n{done.stderr[-3000:]}")
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
-    run = Run(name, run_dir, summary, _read_csv(os.path.join(run_dir, "metrics.csv")),
-              _read_csv(os.path.join(run_dir, "eval.csv")), time.monotonic() - start)
+    run = load_run(name, run_dir, time.monotonic() - start)
     print(f"[bench] {name}: {run.wall_seconds:.0f} s{' (reused)' if resume else ''}, final "
           f"{ {k: v for k, v in run.final.items() if isinstance(v, float)} }",
           file=sys.stderr, flush=True)

@@ -106,6 +106,14 @@ def test_findings_quick_runs_its_arms_and_writes_the_table(tmp_path, corpus_cach
     assert [len(t) - 2 for t in tables] == [1, 2]
     assert all(len({l.count("|") for l in t}) == 1 for t in tables)
     assert (tmp_path / "findings_wer_vs_sparsity.png").stat().st_size > 0
+    # --collect judges the finished runs again without running anything.
+    from bench import findings
+    assert findings.main(["--collect", "--quick", "--arms=dense,column_50,column_75",
+                          f"--work_dir={tmp_path / 'work'}",
+                          f"--out={tmp_path / 'collected'}"]) == 0
+    collected = json.loads((tmp_path / "collected.json").read_text())
+    assert collected["arms"] == data["arms"] and collected["findings"] == data["findings"]
+    assert collected["wall_seconds"] is None
 
 
 def _arm_runs(cers):
