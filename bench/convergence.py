@@ -21,6 +21,10 @@ import sys
 from bench import common
 from bench import runs
 
+# Every setting's local batch unless it says otherwise: the default when the
+# sweep was run (the batch rows made 2 the ASR default).
+BASE_FLAGS = ["--client_batch_size=8"]
+
 # name -> (what it is, flags). FedAvg is the old default; the others are the
 # standard remedies: a larger client step, server momentum (FedAvgM, Hsu et
 # al. 2019) and adaptive server optimizers (FedAdam / FedYogi, Reddi et al.
@@ -41,6 +45,21 @@ VARIANTS = {
     "fedavgm_m0.5": ("client Adam 3e-3, server SGD 1.0 + momentum 0.5",
                      ["--server_optimizer=sgdm", "--server_learning_rate=1.0",
                       "--server_momentum=0.5"]),
+    # Client learning-rate decay over the rounds, as the centralized reference
+    # decays its rate over its epochs.
+    "fedavg_cosine": ("client Adam 3e-3 with cosine decay over the rounds, server SGD 1.0",
+                      ["--client_lr_schedule=warmup_cosine"]),
+    "fedavg_cosine_6e-3": ("client Adam 6e-3 with cosine decay over the rounds "
+                           "(2 warm-up rounds), server SGD 1.0",
+                           ["--client_learning_rate=0.006",
+                            "--client_lr_schedule=warmup_cosine",
+                            "--client_lr_warmup_rounds=2"]),
+    # Twice the local steps from the same examples: FedAvg's progress per
+    # round is bounded by the clients' sequential steps.
+    "client_batch_4": ("client Adam 3e-3, batch 4 (the others: 8), server SGD 1.0",
+                       ["--client_batch_size=4"]),
+    "client_batch_2": ("client Adam 3e-3, batch 2, server SGD 1.0",
+                       ["--client_batch_size=2"]),
 }
 
 
@@ -62,7 +81,8 @@ def run(args) -> dict:
         done = runs.run_experiment(name, [
             *_corpus_flags(args), "--pruning=none", f"--total_rounds={args.rounds}",
             f"--clients_per_round={args.clients}", f"--client_epochs={args.client_epochs}",
-            f"--eval_every_rounds={args.eval_every}", *flags], out, reuse=args.reuse)
+            f"--eval_every_rounds={args.eval_every}", *BASE_FLAGS, *flags], out,
+            reuse=args.reuse)
         rows.append({"name": name, "what": what, "flags": flags,
                      "cer": done.eval_column("cer"), "wer": done.eval_column("wer"),
                      "examples": done.examples_trained, "train_seconds": done.train_seconds})

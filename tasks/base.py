@@ -255,7 +255,8 @@ class TaskSpec:
     `export(record)` returns its `TaskExport` for a saved `model_record`;
     `user_errors` are the exception types that mean bad user input (corrupt or
     missing data), reported as one line; `default_config()` is the config
-    with every flag at its default.
+    with every flag at its default; `default_client_batch_size` is the
+    local batch of a federated run unless a flag says otherwise.
     """
 
     name: str
@@ -265,3 +266,5 @@ class TaskSpec:
     export: Callable[[Mapping[str, Any]], TaskExport]
     user_errors: tuple[type[Exception], ...] = ()
     default_config: Optional[Callable[[], Any]] = None
+    # The local batch of a federated run when --client_batch_size is not given.
+    default_client_batch_size: int = 8

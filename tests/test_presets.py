@@ -108,3 +108,15 @@ def test_smoke_variant_runs_end_to_end_with_its_settings(group, tmp_path_factory
     assert 0.0 <= summary["final"]["cer" if headline == "wer" else headline] <= 2.0
     if summary["config"]["pruning"]["scheme"] != "none":
         assert summary["final"]["sparsity_per_layer"]["overall"] > 0.2
+
+
+def test_client_batch_size_defaults_to_the_tasks_and_a_flag_overrides_it():
+    asr = os.path.join(REPO, "bazel_configs", "fedprune_structured.cfg")
+    kws = os.path.join(REPO, "bazel_configs", "kws_structured.cfg")
+    assert _config(asr).task.model.batch_size == 2  # bench/results/convergence_schedules.md
+    assert _config(kws).task.model.batch_size == 8
+    assert _config(asr, "--client_batch_size=8").task.model.batch_size == 8
+    # Centralized runs keep their own batch.
+    assert _config(asr, "--mode=centralized").task.model.batch_size == 16
+    with pytest.raises(experiment_config.config_lib.ConfigError, match="batch size"):
+        _config(asr, "--client_batch_size=0")

@@ -87,4 +87,8 @@ def export(record: Mapping[str, Any]) -> base.TaskExport:
 
 SPEC = base.TaskSpec(name="asr", define_flags=define_flags,
                      config_from_flags=config_from_flags, build=build, export=export,
-                     user_errors=(CorpusError,), default_config=AsrConfig)
+                     user_errors=(CorpusError,), default_config=AsrConfig,
+                     # Of batches 8, 4 and 2, 2 converges fastest per example,
+                     # for rounds ~20% longer here
+                     # (bench/results/convergence_schedules.md).
+                     default_client_batch_size=2)

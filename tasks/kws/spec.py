@@ -92,4 +92,5 @@ def export(record: Mapping[str, Any]) -> base.TaskExport:
 
 SPEC = base.TaskSpec(name="kws", define_flags=define_flags,
                      config_from_flags=config_from_flags, build=build, export=export,
-                     user_errors=(KwsCorpusError,), default_config=KwsConfig)
+                     user_errors=(KwsCorpusError,), default_config=KwsConfig,
+                     default_client_batch_size=8)
