@@ -16,13 +16,26 @@ import sys
 
 import pytest
 
+from conftest import run_program_here
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(args, timeout=600):
+    """run_experiment.py as a user runs it: its own process."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, os.path.join(REPO, "run_experiment.py"), *args],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def _caches(folder) -> list[str]:
+    """Cache flags in a test's own folder (their defaults are in the checkout)."""
+    return [f"--corpus_cache_dir={folder / 'caches'}",
+            f"--feature_cache_dir={folder / 'caches' / 'features'}"]
+
+
+def _run_here(capsys, args):
+    return run_program_here(capsys, args)
 
 
 def _assert_one_line_error(result, *needles):
@@ -63,7 +76,7 @@ def _assert_head_sparsity_everywhere(out):
         assert value == pytest.approx(0.5, abs=1e-3), key
 
 
-def test_federated_run_prints_wer_cer_and_writes_results(tiny_corpus_dir, tmp_path):
+def test_federated_run_prints_wer_cer_and_writes_results(tiny_corpus_dir, tmp_path, capsys):
     # A corpus with one corrupt file (skipped, with an absl warning) while
     # stderr is not a terminal: the warning must not hit a closed stream.
     corpus = tmp_path / "corpus"
@@ -71,29 +84,42 @@ def test_federated_run_prints_wer_cer_and_writes_results(tiny_corpus_dir, tmp_pa
     flac = sorted(corpus.rglob("*.flac"))[0]
     flac.write_bytes(flac.read_bytes()[:200])
     args = [f"--corpus_dir={corpus}", f"--test_corpus_dir={tiny_corpus_dir}/test",
+            f"--feature_cache_dir={tmp_path / 'features'}",
             *_HEAD_PRUNING, "--total_rounds=2", "--clients_per_round=2",
             "--client_epochs=1", "--eval_every_rounds=1",
             f"--root_output_dir={tmp_path}", "--experiment_name=smoke"]
     # A failed start (cohort too large) records nothing, so the corrected
     # command below is not refused as "exists with different settings".
-    failed = _run([*args, "--clients_per_round=50"], timeout=300)
+    failed = _run_here(capsys, [*args, "--clients_per_round=50"])
     _assert_one_line_error(failed, "--clients_per_round=50", "training population")
-    result = _run(args)
+    result = _run([*args, f"--export_dir={tmp_path / 'export'}"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Logging error" not in result.stderr, result.stderr[-3000:]
     assert "held-out WER" in result.stdout and "CER" in result.stdout
     out = tmp_path / "smoke"
     summary = json.loads((out / "summary.json").read_text())
-    assert 0.0 <= summary["final"]["cer"] and summary["final"]["wer"] >= 0.0
+    # The printed scores are the summary's (the run's own held-out evaluation).
+    final = summary["final"]
+    assert f"held-out WER {final['wer']:.3f}  CER {final['cer']:.3f}" in result.stdout
+    evals = list(csv.DictReader(open(out / "eval.csv")))
+    assert float(evals[-1]["wer"]) == pytest.approx(final["wer"])
+    assert float(evals[-1]["cer"]) == pytest.approx(final["cer"])
+    assert 0.0 < final["cer"] <= 1.0 and 0.0 < final["wer"]
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("round,") and len(rows) == 3
     assert (out / "final_model" / "weights.index").exists()
+    # The pruned model was exported for TF Serving, where the run says.
+    (version,) = [v for v in os.listdir(tmp_path / "export" / "asr") if v.isdigit()]
+    assert (tmp_path / "export" / "asr" / version / "saved_model.pb").exists()
+    assert f"export:  {tmp_path / 'export' / 'asr' / version}" in result.stdout
     assert (out / "logs" / "tff_worker.log").exists()
     _assert_head_sparsity_everywhere(out)
 
 
-def test_centralized_run_reports_the_same_sparsity_figure(tiny_corpus_dir, tmp_path):
-    result = _run([f"--corpus_dir={tiny_corpus_dir}/train",
+def test_centralized_run_reports_the_same_sparsity_figure(tiny_corpus_dir, tmp_path,
+                                                          capsys):
+    result = _run_here(capsys, [f"--corpus_dir={tiny_corpus_dir}/train",
+                                f"--feature_cache_dir={tmp_path / 'features'}",
                    f"--test_corpus_dir={tiny_corpus_dir}/test", *_HEAD_PRUNING,
                    "--mode=centralized", "--total_rounds=2", "--centralized_epochs=2",
                    "--eval_every_epochs=1", "--progress=off", "--export_dir=none",
@@ -102,13 +128,14 @@ def test_centralized_run_reports_the_same_sparsity_figure(tiny_corpus_dir, tmp_p
     _assert_head_sparsity_everywhere(tmp_path / "central")
 
 
-def test_overwrite_with_a_bad_corpus_deletes_nothing(tmp_path):
+def test_overwrite_with_a_bad_corpus_deletes_nothing(tmp_path, capsys):
     """Reproduction: --overwrite used to delete the folder, then fail."""
     folder = tmp_path / "x"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
-    result = _run(["--experiment_name=x", "--overwrite", "--corpus_dir=/nope",
-                   f"--root_output_dir={tmp_path}"], timeout=300)
+    result = _run_here(capsys, ["--experiment_name=x", "--overwrite", "--corpus_dir=/nope",
+                                *_caches(tmp_path / "x"),
+                                f"--root_output_dir={tmp_path}"])
     _assert_one_line_error(result, "not a tff-prune experiment")
     assert (folder / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(folder)) == ["notes.txt"]
@@ -120,16 +147,21 @@ def test_overwrite_with_a_bad_corpus_deletes_nothing(tmp_path):
     (["--pruning=m_by_n", "--target_sparsity=0.7"], ["m_by_n", "0.5"]),
     (["--corpus_dir=/nonexistent/librispeech"], ["/nonexistent/librispeech", "does not exist"]),
 ])
-def test_bad_flags_fail_with_one_line(tmp_path, args, needles):
-    _assert_one_line_error(_run([*args, f"--root_output_dir={tmp_path}"], timeout=300),
-                           *needles)
+def test_bad_flags_fail_with_one_line(tmp_path, args, needles, capsys):
+    result = _run_here(capsys, [*args, *_caches(tmp_path), f"--root_output_dir={tmp_path}"])
+    _assert_one_line_error(result, *needles)
+    # Nothing written for a run that never started.
+    assert sorted(os.listdir(tmp_path)) in ([], ["caches"])
+    assert not os.path.exists(tmp_path / "caches" / "features")
 
 
-def test_corrupt_audio_under_strict_data_fails_with_one_line(tiny_corpus_dir, tmp_path):
+def test_corrupt_audio_under_strict_data_fails_with_one_line(tiny_corpus_dir, tmp_path,
+                                                            capsys):
     corpus = tmp_path / "corpus"
     shutil.copytree(os.path.join(tiny_corpus_dir, "train"), corpus)
     flac = sorted(corpus.rglob("*.flac"))[0]
     flac.write_bytes(flac.read_bytes()[:200])
-    result = _run([f"--corpus_dir={corpus}", "--num_test_speakers=1", "--strict_data",
-                   f"--root_output_dir={tmp_path / 'out'}"], timeout=300)
+    result = _run_here(capsys, [f"--corpus_dir={corpus}", "--num_test_speakers=1",
+                                "--strict_data", f"--feature_cache_dir={tmp_path / 'features'}",
+                                f"--root_output_dir={tmp_path / 'out'}"])
     _assert_one_line_error(result, flac.name)

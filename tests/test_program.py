@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import psutil
 import pytest
 import tensorflow as tf
+
+from conftest import PausedRun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_COLUMNS = {"round_seconds"}
@@ -42,13 +43,6 @@ def _weights(run_dir):
             if "OPTIMIZER" not in k}
 
 
-def _wait_for(path, proc, timeout_s=600):
-    deadline = time.monotonic() + timeout_s
-    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert path.exists(), f"{path.name} never appeared"
-
-
 def _worker_pid(proc):
     for child in psutil.Process(proc.pid).children(recursive=True):
         if any("worker_binary" in part for part in child.cmdline()):
@@ -72,41 +66,29 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
     # with one line naming it (exit 3), no hang, the checkpoint intact.
     root = tmp_path / "interrupted"
     run_dir = root / "run"
-    proc = subprocess.Popen(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1,
-                                  **OPTIMIZATION),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
-    _wait_for(run_dir / "checkpoints" / "round_1", proc)
-    os.kill(_worker_pid(proc), signal.SIGKILL)
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the run hung after its TFF worker died")
-    assert proc.returncode == 3, err[-3000:]
+    args = _args(tiny_corpus_dir, root, checkpoint_every_rounds=1, **OPTIMIZATION)
+    paused = PausedRun(args, 1, tmp_path)
+    os.kill(_worker_pid(paused.proc), signal.SIGKILL)
+    assert paused.resume_and_wait() == 3, paused.stderr()[-3000:]
+    err = paused.stderr()
     lines = [l for l in err.splitlines() if l.startswith("run_experiment.py:")]
     assert len(lines) == 1 and "TFF worker pid" in lines[0] and "SIGKILL" in lines[0], err[-3000:]
     assert "Traceback" not in err
     assert (run_dir / "checkpoints" / "round_1").exists()
     assert not (run_dir / "summary.json").exists()
 
-    # 2. Resumed, then the run itself is SIGKILLed (no cleanup at all) after
-    # round 3's checkpoint, leaving a half-written checkpoint behind.
-    proc = subprocess.Popen(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1,
-                                  **OPTIMIZATION),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    _wait_for(run_dir / "checkpoints" / "round_3", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # 2. Resumed, then the run itself is SIGKILLed (no cleanup at all) right
+    # after round 3's checkpoint, leaving a half-written checkpoint behind.
+    paused = PausedRun(args, 3, tmp_path)
+    paused.kill()
     assert not (run_dir / "summary.json").exists()
+    assert [r["round"] for r in _csv(run_dir / "metrics.csv")] == ["1", "2", "3"]
     partial = run_dir / "checkpoints" / "round_4_temp1234"
     partial.mkdir(exist_ok=True)
     (partial / "saved_model.pb").write_bytes(b"truncated")
 
     # 3. Resumed to the end: the same rows and weights as the uninterrupted run.
-    resumed = subprocess.run(_args(tiny_corpus_dir, root, checkpoint_every_rounds=1,
-                                   **OPTIMIZATION),
-                             capture_output=True, text=True, timeout=900, cwd=REPO)
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ref_dir = tmp_path / "reference"
     # The resumes crossed the switch to compact-model rounds (round 2, after

@@ -243,11 +243,23 @@ def test_works_inside_tf_function_with_tensor_sparsity(scheme, name, distributio
     def fn(w, sparsity):
         return masks.compute_masks(importance.magnitude_scores(w), s, sparsity, distribution)
 
-    for sparsity in (0.3, 0.8):
+    kept = []
+    for sparsity in (0.3, 0.8, 0.55):
         graph = np_masks(fn(weights, tf.constant(sparsity)))
         eager = np_masks(masks.compute_masks(magnitude(s), s, sparsity, distribution))
+        assert set(graph) == set(eager) == set(s.unit_ids)
         assert all((graph[k] == eager[k]).all() for k in eager)
-    assert len(fn.get_concrete_function(weights, tf.constant(0.5)).graph.get_operations()) > 0
+        kept.append(sum(graph[k].sum() for k in s.kernel_keys))
+    # One trace served all three sparsities: the sparsity is a tensor input of
+    # the graph, not a constant baked in when it was traced ...
+    assert fn.experimental_get_tracing_count() == 1
+    # ... and the graph really reads it: more sparsity, fewer kept weights.
+    assert kept[0] > kept[2] > kept[1]
+    concrete = fn.get_concrete_function(weights, tf.constant(0.5))
+    assert fn.experimental_get_tracing_count() == 1
+    np_concrete = np_masks(concrete(weights, tf.constant(0.65)))
+    eager = np_masks(masks.compute_masks(magnitude(s), s, 0.65, distribution))
+    assert all((np_concrete[k] == eager[k]).all() for k in eager)
     # Also builds in a plain v1 graph, as TFF's tensorflow computations do.
     with tf.Graph().as_default():
         placeholders = {k: tf.compat.v1.placeholder(tf.float32, WEIGHTS[k].shape) for k in s.unit_ids}

@@ -15,21 +15,12 @@ import pytest
 from tff_prune import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCHEMES = ("structured", "unstructured")
+# The session's shared smoke runs (conftest.smoke_run) of these presets:
+# 2 micro rounds that prune to 50%, evaluated every round.
+SCHEMES = {"structured": "fedprune_structured_smoke",
+           "unstructured": "fedprune_unstructured_smoke"}
+RUNS = tuple(SCHEMES.values())
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _run_experiment(corpus: str, root: str, scheme: str) -> None:
-    """One 2-round micro federated run that prunes to 50% (~1 min)."""
-    args = [sys.executable, "run_experiment.py", f"--corpus_dir={corpus}/train",
-            f"--test_corpus_dir={corpus}/test", "--model_size=micro", "--total_rounds=2",
-            "--export_dir=none",
-            "--clients_per_round=2", "--client_epochs=1", "--prune_begin_round=1",
-            "--prune_end_round=2", "--prune_every_rounds=1", "--refine_rounds=0",
-            "--eval_every_rounds=1", f"--root_output_dir={root}",
-            f"--experiment_name={scheme}", f"--pruning={scheme}"]
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def _run_report(root: str) -> subprocess.CompletedProcess:
@@ -39,12 +30,12 @@ def _run_report(root: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def finished_root(tiny_corpus_dir, tmp_path_factory) -> str:
+def finished_root(smoke_run, tmp_path_factory) -> str:
     """A root with two real finished runs (structured, unstructured) and one
     unfinished directory. Treat as read-only; copy it to write a report."""
     root = str(tmp_path_factory.mktemp("report_runs"))
-    for scheme in SCHEMES:
-        _run_experiment(tiny_corpus_dir, root, scheme)
+    for name in RUNS:
+        shutil.copytree(smoke_run(name).path, os.path.join(root, name))
     os.makedirs(os.path.join(root, "unfinished"))
     with open(os.path.join(root, "unfinished", "metrics.csv"), "w") as f:
         f.write("round,phase,train_loss\n1,dense,3.0\n")
@@ -85,9 +76,9 @@ def test_cli_writes_table_and_plots_from_finished_runs(root):
     rows = {cells[0]: dict(zip(columns, cells)) for cells in
             (_cells(l) for l in result.stdout.splitlines()
              if l.startswith("| ") and l != header)}
-    assert set(rows) == set(SCHEMES)
-    assert rows["structured"]["structure"] == "column"
-    assert rows["unstructured"]["structure"] == "—"
+    assert set(rows) == set(RUNS)
+    assert rows[SCHEMES["structured"]]["structure"] == "column"
+    assert rows[SCHEMES["unstructured"]]["structure"] == "—"
     for row in rows.values():
         assert row["target sparsity"] == "0.50" and row["params"] != "—"
         assert row["bytes/round"].endswith("B") and float(row["WER"]) >= 0
@@ -103,7 +94,7 @@ def test_cli_writes_table_and_plots_from_finished_runs(root):
 
 def test_experiments_are_read_from_summaries_and_curves(finished_root):
     experiments, notes = report.find_experiments(finished_root)
-    assert [e.name for e in experiments] == ["structured", "unstructured"]
+    assert [e.name for e in experiments] == list(RUNS)
     assert notes == ["skipped unfinished/: no summary.json (not finished)"]
     for exp in experiments:
         assert exp.mode == "federated" and exp.policy == "server"
@@ -130,7 +121,7 @@ def test_experiments_are_read_from_summaries_and_curves(finished_root):
 def test_federated_vs_centralized_plot_when_a_centralized_run_exists(root):
     # A centralized run's eval.csv is keyed by epoch; fake one from a real run.
     central = os.path.join(root, "central")
-    shutil.copytree(os.path.join(root, "structured"), central)
+    shutil.copytree(os.path.join(root, SCHEMES["structured"]), central)
     summary_path = os.path.join(central, "summary.json")
     text = open(summary_path).read().replace('"mode": "federated"', '"mode": "centralized"')
     open(summary_path, "w").write(text)

@@ -1,10 +1,12 @@
 """The owned TFF runtime leaves no worker_binary behind, however it ends."""
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -15,6 +17,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs a real federated computation on the real C++ worker, prints the worker
 # PIDs, then ends the way argv[1] says.
 _PROBE = textwrap.dedent("""
+        import faulthandler, signal
+        # A hung probe dumps every thread's stack when the test sends SIGUSR1.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # SIGINT must raise KeyboardInterrupt whatever this process inherited
+        # (a shell's background job starts with SIGINT ignored).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import sys, time
         import numpy as np
         import tensorflow as tf
@@ -52,27 +60,58 @@ def _alive(pid: int) -> bool:
         return False
 
 
+_PROBE_TIMEOUT_S = 120
+
+
+def _stop_hung(proc: subprocess.Popen, stderr_path, what: str) -> None:
+    """Fails the test with every thread's stack of a hung probe, which is
+    killed (its workers die with it: PDEATHSIG)."""
+    proc.send_signal(signal.SIGUSR1)  # faulthandler: all threads' stacks to stderr
+    try:
+        proc.wait(timeout=5)  # a probe that was only slow may still exit
+    except subprocess.TimeoutExpired:
+        pass
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"the probe hung {what}; its stderr with every thread's stack:\n"
+                f"{stderr_path.read_text()[-8000:]}")
+
+
 def _run_probe(tmp_path, mode):
     script = tmp_path / "probe.py"
     script.write_text(_PROBE)
     env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
                TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(
-            [sys.executable, str(script), mode, str(tmp_path / "logs")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stderr_path = tmp_path / "probe.stderr"
+    with open(stderr_path, "w") as stderr_file:  # a file: never a full pipe
+        proc = subprocess.Popen(
+                [sys.executable, str(script), mode, str(tmp_path / "logs")],
+                stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=env)
+    # Lines are read in a thread, so the deadline holds while none arrives.
+    lines: "queue.Queue[str]" = queue.Queue()
+    def read_lines():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")  # end of output
+
+    reader = threading.Thread(target=read_lines, daemon=True)
+    reader.start()
+    seen = []
     worker_pids = []
-    lines = []
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:
-        lines.append(line)
+    deadline = time.monotonic() + _PROBE_TIMEOUT_S
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            _stop_hung(proc, stderr_path, "before it was ready")
+        seen.append(line)
         if line.startswith("WORKERS"):
             worker_pids = [int(p) for p in line.split()[1:]]
             for pid in worker_pids:
                 # The PID really is a TFF worker that this probe started.
                 assert "worker_binary" in " ".join(psutil.Process(pid).cmdline())
                 assert _alive(pid)
-        if line.startswith("WAITING") or line.startswith("CLEAN") or (
-                time.monotonic() > deadline):
+        if not line or line.startswith(("WAITING", "CLEAN")):
             break
     if mode == "sigint":
         proc.send_signal(signal.SIGINT)
@@ -80,9 +119,15 @@ def _run_probe(tmp_path, mode):
         proc.send_signal(signal.SIGTERM)
     elif mode == "sigkill":
         proc.send_signal(signal.SIGKILL)
-    rest, stderr = proc.communicate(timeout=120)
-    lines.append(rest)
-    return proc.returncode, "".join(lines), stderr, worker_pids
+    try:
+        proc.wait(timeout=_PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _stop_hung(proc, stderr_path, f"at exit ({mode})")
+    reader.join()
+    while not lines.empty():
+        seen.append(lines.get())
+    stderr = stderr_path.read_text()
+    return proc.returncode, "".join(seen), stderr, worker_pids
 
 
 def _assert_no_orphans(worker_pids):

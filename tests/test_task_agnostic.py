@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
+import json
 import pathlib
 import re
+import types
 
 import pytest
+from absl import flags
 
 from tasks import base
 from tasks import registry
+from tff_prune import experiment_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBRARY_FILES = sorted((ROOT / "tff_prune").rglob("*.py"))
@@ -57,11 +63,54 @@ def test_no_conformer_layer_name_in_the_library():
     assert not found
 
 
+def _leaves(value, path=()):
+    """``(field path, value)`` of every non-dataclass field of a config, depth first."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _leaves(getattr(value, field.name), path + (field.name,))
+    else:
+        yield path, value
+
+
 @pytest.mark.parametrize("name", registry.names())
 def test_every_registered_task_has_a_spec(name):
+    module_name = registry.TASK_MODULES[name]
+    package = module_name.rsplit(".", 1)[0] + "."  # "tasks.asr."
     spec = registry.get(name)
+    assert spec is importlib.import_module(module_name).SPEC
     assert isinstance(spec, base.TaskSpec) and spec.name == name
-    assert spec.default_config is not None
+
+    # Its builders, config and errors are its own task's, not another task's.
+    for builder in (spec.define_flags, spec.config_from_flags, spec.build, spec.export,
+                    spec.default_config):
+        assert callable(builder) and builder.__module__.startswith(package), builder
+    assert spec.user_errors
+    for error in spec.user_errors:
+        assert issubclass(error, base.DataError) and error.__module__.startswith(package), error
+    assert isinstance(spec.default_client_batch_size, int) and spec.default_client_batch_size >= 1
+
+    # The default config: a frozen, JSON-able dataclass of the task, the one a
+    # run of the task gets when no config is given.
+    config = spec.default_config()
+    assert dataclasses.is_dataclass(config) and type(config).__dataclass_params__.frozen
+    assert type(config).__module__.startswith(package)
+    assert config == spec.default_config()
+    json.dumps(experiment_config.jsonable(dataclasses.asdict(config)))
+    assert experiment_config.ExperimentConfig(task_name=name).task == config
+
+    # Flags round trip: every flag at its default gives the default config,
+    # but for the batch size and seed the library passes (which it must use).
+    spec.define_flags()
+    spec.define_flags()  # guarded: a second call defines nothing twice
+    defaults = types.SimpleNamespace(**{n: flags.FLAGS[n].default for n in flags.FLAGS})
+    from_flags = spec.config_from_flags(defaults, batch_size=3, seed=5)
+    assert type(from_flags) is type(config)
+    want, got = dict(_leaves(config)), dict(_leaves(from_flags))
+    assert set(want) == set(got)
+    changed = {path: got[path] for path in want if got[path] != want[path]}
+    assert changed and all({"batch_size": 3, "seed": 5}.get(path[-1]) == value
+                           for path, value in changed.items()), changed
+    assert {path[-1] for path in changed} == {"batch_size", "seed"}, changed
 
 
 def test_an_unknown_task_is_one_clear_error():

@@ -5,10 +5,24 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import sys
 from typing import Any
 
 import tensorflow_federated as tff
+
+
+# Fault injection for the resume tests: a run with this variable set to a
+# round stops itself (SIGSTOP) right after that round's checkpoint is
+# written, so that a test can kill it, or its worker, exactly there.
+PAUSE_AFTER_CHECKPOINT_ENV = "TFF_PRUNE_PAUSE_AFTER_CHECKPOINT"
+
+
+def pause_if_requested(round_num: int) -> None:
+    """SIGSTOPs this process after round `round_num`'s checkpoint when
+    `PAUSE_AFTER_CHECKPOINT_ENV` names that round (tests only)."""
+    if os.environ.get(PAUSE_AFTER_CHECKPOINT_ENV) == str(round_num):
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def sync(coroutine):

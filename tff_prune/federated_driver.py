@@ -182,6 +182,7 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
                 final_eval = metrics
             if last or round_num % config.checkpoint_every_rounds == 0:
                 checkpoints.sync(state_manager.save(state, round_num))
+                checkpoints.pause_if_requested(round_num)
             logging.info("round %d: %s", round_num, row)
             if on_round is not None:
                 on_round(row)
@@ -192,6 +193,7 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
                 weights, built.index, built.decider.covered_keys)["overall"]
         workers = {"addresses": [w.address for w in rt.workers],
                    "remote": bool(fed.workers),
+                   "owned_pids": rt.worker_pids,
                    "client_data": "ids" if train_inputs.by_id else "datasets",
                    "computations": rt.rpc_counts()}
     workers["peak_rss_bytes"] = rt.worker_peak_rss_bytes()  # read as each owned worker stopped
