@@ -322,3 +322,32 @@ def pytest_collection_modifyitems(items):
         name = item.path.name
         return _LONG_MODULES.index(name) if name in _LONG_MODULES else len(_LONG_MODULES)
     items.sort(key=rank)  # stable: each module keeps its own order
+
+
+# -- tests write only under pytest's temporary folders ------------------------------
+
+def _untracked_in_checkout() -> set[str]:
+    """Untracked and ignored paths of the checkout (empty if it is no git checkout)."""
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        return set()
+    listed = subprocess.run(["git", "status", "--porcelain", "--ignored"],
+                            cwd=REPO, capture_output=True, text=True, check=False).stdout
+    return {line[3:] for line in listed.splitlines() if line[:2] in ("??", "!!")}
+
+
+def pytest_sessionstart(session):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        session.config.stash[_BEFORE] = _untracked_in_checkout()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("PYTEST_XDIST_WORKER") or _BEFORE not in session.config.stash:
+        return
+    new = sorted(_untracked_in_checkout() - session.config.stash[_BEFORE])
+    if new:
+        # A test wrote into the checkout (e.g. a cache flag left at its default).
+        print(f"\nthe tests wrote into the checkout: {new[:20]}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set]()
