@@ -334,3 +334,16 @@ def test_unwritable_cache_root_is_one_line(corpus, tmp_path, built):
             assert again.stats.files_decoded == 0 and again.shards == split.shards
         finally:
             os.chmod(root, 0o755)
+
+
+def test_a_task_without_a_cache_folder_removes_its_temporary_one(tiny_corpus_dir):
+    import gc  # pylint: disable=import-outside-toplevel
+
+    from tasks.asr import task as task_lib  # pylint: disable=import-outside-toplevel
+    corpus = load_librispeech(os.path.join(tiny_corpus_dir, "test"))
+    task = task_lib.AsrTask(corpus, corpus, task_lib.AsrTaskConfig(model_size="micro"))
+    folder = task.feature_cache_dir
+    assert os.path.isdir(folder) and os.listdir(folder)  # the shards live there
+    del task
+    gc.collect()
+    assert not os.path.exists(folder)

@@ -21,6 +21,8 @@ TIME_COLUMNS = {"round_seconds"}
 def _args(tiny_corpus_dir, root, name="run", **overrides):
     flags = {
         "corpus_dir": f"{tiny_corpus_dir}/train", "test_corpus_dir": f"{tiny_corpus_dir}/test",
+        # In the test's folder: the flag's default is in the checkout.
+        "feature_cache_dir": os.path.join(str(root), "features"),
         "model_size": "micro", "pruning": "structured", "total_rounds": 4,
         "clients_per_round": 2, "client_epochs": 1, "prune_begin_round": 1,
         "prune_end_round": 3, "prune_every_rounds": 1, "refine_rounds": 1,

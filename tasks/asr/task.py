@@ -80,7 +80,7 @@ class AsrTask(base.FederatedTask):
         """Featurizes what the feature cache lacks (every speaker on a first run).
 
         `feature_cache_dir`: where the per-speaker feature shards live (a
-        fresh temporary folder when None); `strict`: a file that fails to
+        temporary folder removed with the task when None); `strict`: a file that fails to
         decode while featurizing raises `CorpusError` instead of being skipped.
         """
         self.config = config
@@ -88,8 +88,12 @@ class AsrTask(base.FederatedTask):
         self.skipped: collections.Counter = collections.Counter()
         # Per split: {character: times normalize_transcript dropped it}.
         self.dropped_characters: dict[str, dict[str, int]] = {}
+        # Without a cache folder, a temporary one that lives (and is removed)
+        # with this task.
+        self._temporary_cache = (None if feature_cache_dir else
+                                 tempfile.TemporaryDirectory(prefix="tff_prune_features_"))
         self.feature_cache_dir = os.path.abspath(
-            feature_cache_dir or tempfile.mkdtemp(prefix="tff_prune_features_"))
+            feature_cache_dir or self._temporary_cache.name)
         self.cached: dict[str, feature_cache.CachedSplit] = {}
         self.train_corpus = self._featurized(self._usable(train_corpus, "train"), "train", strict)
         self.test_corpus = self._featurized(self._usable(test_corpus, "test"), "test", strict)
