@@ -160,6 +160,15 @@ def assert_pattern(kernels: dict, pattern: str) -> None:
         assert unexplained > 0, pattern
     if pattern in ("column", "row"):
         assert unexplained == 0
+        # Which lines: column pruning removes ff hidden units (columns) and
+        # never a residual-stream input (a row of ff1_in); row pruning does.
+        ff_in = _residual_input_kernels(kernels)
+        rows_pruned = any((v == 0).all(axis=1).any() for v in ff_in.values())
+        if ff_in and pattern == "column":
+            assert all((v == 0).all(axis=0).any() for v in ff_in.values())
+            assert not rows_pruned
+        if ff_in and pattern == "row":
+            assert rows_pruned
 
 
 def _residual_input_kernels(kernels: dict) -> dict:
@@ -196,14 +205,8 @@ def test_smoke_variant_runs_and_does_what_its_preset_is_for(group, smoke_run):
     covered = [kernels[k.split("/")[0]] for k in _sparsities(run)]
     zeros = sum(int((k == 0).sum()) for k in covered) / sum(k.size for k in covered)
     assert zeros == pytest.approx(summary["final"]["sparsity"], abs=0.01)
-    if pattern == "column" and summary["config"]["task_name"] == "asr":
-        ff_in = _residual_input_kernels(kernels)
-        # Column pruning removes ff hidden units (columns) and never a residual input row.
-        assert ff_in and all((v == 0).all(axis=0).any() for v in ff_in.values())
-        assert not any((v == 0).all(axis=1).any() for v in ff_in.values())
-    if pattern == "row":
-        ff_in = _residual_input_kernels(kernels)
-        assert any((v == 0).all(axis=1).any() for v in ff_in.values())
+    if summary["config"]["task_name"] == "asr":
+        assert _residual_input_kernels(kernels)  # the column/row check above applied
     rows = run.csv("metrics.csv")
     if config["mode"] == "federated":
         updated = [int(r["masks_updated"]) for r in rows]
