@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import PausedRun
+from conftest import run_program_here
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_COLUMNS = {"round_seconds"}
@@ -119,12 +120,13 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
 
 
 def test_more_rounds_extend_other_settings_are_refused_and_export_errors_keep_the_model(
-        tiny_corpus_dir, tmp_path):
+        tiny_corpus_dir, tmp_path, capsys):
+    # In this process (`app.run(main)` as run_experiment.py calls it): the
+    # command line itself is the kill-and-resume test's.
     run_dir = tmp_path / "run"
     one_round = dict(total_rounds=1, eval_every_rounds=1, prune_end_round=1,
                      refine_rounds=0, export_dir="none")
-    first = subprocess.run(_args(tiny_corpus_dir, tmp_path, **one_round),
-                           capture_output=True, text=True, timeout=600, cwd=REPO)
+    first = run_program_here(capsys, _args(tiny_corpus_dir, tmp_path, **one_round)[2:])
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir / "keep.txt").write_text("results")
 
@@ -133,11 +135,10 @@ def test_more_rounds_extend_other_settings_are_refused_and_export_errors_keep_th
     # line, and the trained model stays.
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    extended = subprocess.run(
-        _args(tiny_corpus_dir, tmp_path, **{**one_round, "total_rounds": 2,
-                                            "checkpoint_every_rounds": 1,
-                                            "export_dir": blocker / "export"}),
-        capture_output=True, text=True, timeout=600, cwd=REPO)
+    extended = run_program_here(
+        capsys, _args(tiny_corpus_dir, tmp_path, **{**one_round, "total_rounds": 2,
+                                                    "checkpoint_every_rounds": 1,
+                                                    "export_dir": blocker / "export"})[2:])
     assert extended.returncode != 0
     assert "Traceback" not in extended.stderr, extended.stderr[-3000:]
     errors = [l for l in extended.stderr.splitlines() if "error" in l]
@@ -146,10 +147,9 @@ def test_more_rounds_extend_other_settings_are_refused_and_export_errors_keep_th
     assert (run_dir / "final_model" / "weights.index").exists()
     assert _weights(run_dir)
 
-    second = subprocess.run(
-        _args(tiny_corpus_dir, tmp_path, **{**one_round, "total_rounds": 2},
-              target_sparsity=0.7),
-        capture_output=True, text=True, timeout=600, cwd=REPO)
+    second = run_program_here(
+        capsys, _args(tiny_corpus_dir, tmp_path, **{**one_round, "total_rounds": 2},
+                      target_sparsity=0.7)[2:])
     assert second.returncode == 2
     errors = [l for l in second.stderr.splitlines() if "error" in l]
     assert len(errors) == 1 and "target_sparsity" in errors[0] and "--overwrite" in errors[0]
