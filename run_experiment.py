@@ -57,9 +57,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.get_logger().setLevel("ERROR")
-    from tff_prune import experiment  # pylint: disable=g-import-not-at-top
-    from tff_prune import experiment_flags  # pylint: disable=g-import-not-at-top
-    from tff_prune import runtime  # pylint: disable=g-import-not-at-top
+    from tff_prune.program import experiment  # pylint: disable=g-import-not-at-top
+    from tff_prune.program import experiment_flags  # pylint: disable=g-import-not-at-top
+    from tff_prune.runtime import owned as runtime  # pylint: disable=g-import-not-at-top
     try:
         config = experiment_flags.experiment_config_from_flags()
         print(f"[tff-prune] {config.mode} run -> {config.output_dir}", flush=True)
@@ -100,13 +100,15 @@ def main(argv):
     export_dir = experiment_flags.FLAGS.export_dir
     if export_dir != "none":
         from tff_prune import export  # pylint: disable=g-import-not-at-top
+        from tff_prune.program import registry  # pylint: disable=g-import-not-at-top
         native_log = os.path.join(config.output_dir, "logs", "native_stderr.log")
         try:
             # TFLite conversion is loud on the native stderr: keep it in the log.
             with _native_stderr_to(native_log):
                 result = export.export_checkpoint(
                     summary["outputs"]["final_model"],
-                    export_dir or os.path.join(config.output_dir, "export"))
+                    export_dir or os.path.join(config.output_dir, "export"),
+                    registry.task_export)
         except export.ExportError as e:
             print(f"run_experiment.py: error: export failed: {e}; the trained model is "
                   f"kept in {summary['outputs']['final_model']} (export it later with "
@@ -157,9 +159,9 @@ class _Progress:
 
 
 if __name__ == "__main__":
-    # Flags are defined on import of tff_prune.experiment_flags; import it here
+    # Flags are defined on import of tff_prune.program.experiment_flags; import it here
     # (before parsing) but after the environment is set.
     with _native_stderr_to(os.devnull):
-        import tff_prune.experiment_flags  # noqa: F401,E402  pylint: disable=unused-import
+        import tff_prune.program.experiment_flags  # noqa: F401,E402  pylint: disable=unused-import
     logging.set_verbosity(logging.WARNING)
     app.run(main)

@@ -12,7 +12,7 @@ Measures the model a client actually trains:
 
 Masks come from one magnitude decision at ``--sparsity`` (column structure,
 uniform), as in `bench.export_sizes`; training values do not change sizes.
-FLOPs: `tff_prune.client_cost.training_step_flops` (TensorFlow's profiler
+FLOPs: `tff_prune.model.client_cost.training_step_flops` (TensorFlow's profiler
 on the graph of one training step) on a real batch of one client. Peak memory: this
 process's peak RSS (``VmHWM``) after ``--steps`` local Adam steps, and
 its growth over the RSS before the first step (model built, data ready), so
@@ -32,14 +32,14 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3
 # pylint: disable=wrong-import-position
 import tensorflow as tf
 
-import tff_prune.runtime  # (also: TFF's default context must never start a worker)
+import tff_prune.runtime.owned  # (also: TFF's default context must never start a worker)
 from bench import common
 from tasks.asr import compaction
 from tasks.asr import data as data_lib
 from tasks.asr import task as task_lib
-from tff_prune import client_cost
-from tff_prune import wrappers
 from tff_prune.export import masking
+from tff_prune.model import client_cost
+from tff_prune.model import wrappers
 
 VARIANTS = ("dense", "masked", "compact")
 
@@ -47,7 +47,7 @@ VARIANTS = ("dense", "masked", "compact")
 def _rss_mib() -> float:
     """Peak RSS of this process so far. `/proc`'s VmHWM, not `ru_maxrss`,
     which keeps the peak of the forking parent across exec."""
-    return tff_prune.runtime.process_peak_rss_bytes(os.getpid()) / 2**20
+    return tff_prune.runtime.owned.process_peak_rss_bytes(os.getpid()) / 2**20
 
 
 def client_model(task: task_lib.AsrTask, variant: str, sparsity: float

@@ -24,7 +24,7 @@ import tensorflow_federated as tff
 
 from tasks.asr import data as data_lib
 from tasks.asr import task as task_lib
-from tff_prune import runtime
+from tff_prune.runtime import owned as runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")

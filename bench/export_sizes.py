@@ -29,7 +29,6 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3
 import numpy as np
 import tensorflow as tf
 
-import tff_prune.runtime  # noqa: F401  (TFF's default context must never start a worker)
 from tasks.asr import features as features_lib
 from tasks.asr import model as model_lib
 from tasks.asr import serving
@@ -39,6 +38,7 @@ from tasks.asr.export import AsrExport
 from tff_prune.export import masking
 from tff_prune.export import measure
 from tff_prune.export import pipeline
+import tff_prune.runtime.owned  # noqa: F401  (TFF's default context must never start a worker)
 
 VARIANTS = (
     # name, scheme, sparsity, compact

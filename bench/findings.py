@@ -7,7 +7,7 @@
 time is single-threaded setup and evaluation, so two share 2 cores well)
 and merges their results.
 
-Lin et al. (Interspeech 2022) compare pruning schemes, allocations and mask
+Zhao et al. (Interspeech 2022, arXiv 2209.06359) compare pruning schemes, allocations and mask
 refinement under federated learning. This bench runs each arm as a real
 `run_experiment.py` run (the preset in `bazel_configs/` that reproduces it
 at full scale, at this bench's reduced scale: `SCALE`), with every seed,

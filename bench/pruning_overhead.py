@@ -30,12 +30,12 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3
 
 # pylint: disable=wrong-import-position
 from bench import common
-from tff_prune import config as config_lib
-from tff_prune import experiment_config
-from tff_prune import federated_driver
-from tff_prune import process as process_lib
-from tff_prune import runtime
+from tff_prune.federated import process as process_lib
+from tff_prune.program import experiment_config
+from tff_prune.program import federated_driver
+from tff_prune.pruning import config as config_lib
 from tff_prune.pruning import schedule as schedule_lib
+from tff_prune.runtime import owned as runtime
 
 GOAL = 1.15
 WINDOW = (2, 3)  # rounds timed: masks are updated after round 2

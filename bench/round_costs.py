@@ -40,13 +40,13 @@ import tensorflow_federated as tff
 from bench import common
 from tasks.asr import compaction
 from tasks.asr import text
-from tff_prune import compact_rounds
-from tff_prune import config as config_lib
-from tff_prune import accounting
-from tff_prune import process as process_lib
-from tff_prune import runtime
-from tff_prune import variable_model
+from tff_prune.federated import compact_rounds
+from tff_prune.federated import process as process_lib
+from tff_prune.model import variable_model
+from tff_prune.program import accounting
+from tff_prune.pruning import config as config_lib
 from tff_prune.pruning import schedule as schedule_lib
+from tff_prune.runtime import owned as runtime
 
 REPO = common.REPO
 Variant = common.Variant

@@ -32,11 +32,11 @@ from bench import common
 
 def measure_one(args) -> dict:
     """One (model size, cohort) in this process; returns its row."""
-    from tff_prune import config as config_lib  # pylint: disable=import-outside-toplevel
-    from tff_prune import experiment_config  # pylint: disable=import-outside-toplevel
-    from tff_prune import federated_driver  # pylint: disable=import-outside-toplevel
-    from tff_prune import process as process_lib  # pylint: disable=import-outside-toplevel
-    from tff_prune import runtime  # pylint: disable=import-outside-toplevel
+    from tff_prune.pruning import config as config_lib  # pylint: disable=import-outside-toplevel
+    from tff_prune.program import experiment_config  # pylint: disable=import-outside-toplevel
+    from tff_prune.program import federated_driver  # pylint: disable=import-outside-toplevel
+    from tff_prune.federated import process as process_lib  # pylint: disable=import-outside-toplevel
+    from tff_prune.runtime import owned as runtime  # pylint: disable=import-outside-toplevel
     from tff_prune.pruning import schedule as schedule_lib  # pylint: disable=import-outside-toplevel
 
     task = common.load_task(args.model_size, args.num_train_speakers, args.cache_dir)

@@ -30,7 +30,7 @@ os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 
 # Replaces TFF's default context (which would start an unowned worker) before
 # any test can touch it; tests get workers only from the `tff_runtime` fixture.
-import tff_prune.runtime  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
+import tff_prune.runtime.owned  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def micro_task(tiny_corpus_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tff_runtime(tmp_path_factory):
     """One owned TFF runtime for the whole session (workers stopped at the end)."""
-    from tff_prune import runtime
+    from tff_prune.runtime import owned as runtime
 
     with runtime.local_runtime(log_dir=str(tmp_path_factory.mktemp("tff_logs"))) as rt:
         yield rt
@@ -154,7 +154,7 @@ def preset_config(path: str, *extra: str):
     """The `ExperimentConfig` run_experiment.py builds from a flagfile and flags."""
     from absl import flags
 
-    from tff_prune import experiment_flags
+    from tff_prune.program import experiment_flags
 
     flags.FLAGS.unparse_flags()
     cwd = os.getcwd()
@@ -193,7 +193,8 @@ class FinishedRun:
     def kernels(self) -> dict:
         """The final model's kernels by layer name, as the export rebuilds it."""
         from tff_prune.export import checkpoint  # pylint: disable=import-outside-toplevel
-        model = checkpoint.load_saved_run(str(self.path)).model
+        from tff_prune.program import registry  # pylint: disable=import-outside-toplevel
+        model = checkpoint.load_saved_run(str(self.path), registry.task_export).model
         kernels = {}
         for layer in model.layers:
             for attr in ("kernel", "depthwise_kernel"):
@@ -221,7 +222,7 @@ def run_program_here(capsys, args: list[str]) -> ProgramResult:
 
     import run_experiment  # pylint: disable=import-outside-toplevel
     # Defines run_experiment.py's flags (its __main__ block does the same).
-    import tff_prune.experiment_flags  # noqa: F401 pylint: disable=import-outside-toplevel,unused-import
+    import tff_prune.program.experiment_flags  # noqa: F401 pylint: disable=import-outside-toplevel,unused-import
 
     flags.FLAGS.unparse_flags()
     capsys.readouterr()
@@ -247,7 +248,7 @@ class PausedRun:
 
         import psutil  # pylint: disable=import-outside-toplevel
 
-        from tff_prune import checkpoints  # pylint: disable=import-outside-toplevel
+        from tff_prune.program import checkpoints  # pylint: disable=import-outside-toplevel
 
         env = dict(os.environ, **{checkpoints.PAUSE_AFTER_CHECKPOINT_ENV: str(round_num)})
         self.stderr_path = log_dir / f"paused_{round_num}.stderr"
@@ -290,7 +291,7 @@ class PausedRun:
 def _run_in_process(config) -> None:
     """`experiment.run` in this process: the program run_experiment.py calls,
     without paying the TF/TFF import again for every run."""
-    from tff_prune import experiment  # pylint: disable=import-outside-toplevel
+    from tff_prune.program import experiment  # pylint: disable=import-outside-toplevel
     experiment.run(config)
 
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_prune import aggregation
+from tff_prune.federated import aggregation
 
 
 def _value_type(shape):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tff_prune import centralized
-from tff_prune import config as config_lib
+from tff_prune.centralized import training
+from tff_prune.pruning import config as config_lib
 from tff_prune.pruning import schedule as schedule_lib
 
 
@@ -28,7 +28,7 @@ def micro_task(tiny_corpus_dir, tmp_path_factory):
 
 
 def test_interrupted_centralized_pruning_resumes_bit_for_bit(micro_task, tmp_path):
-    config = centralized.CentralizedConfig(epochs=3, eval_every_epochs=3, warmup_steps=2,
+    config = training.CentralizedConfig(epochs=3, eval_every_epochs=3, warmup_steps=2,
                                            learning_rate=3e-3, seed=5)
     # Rounds = epochs: masks change after epochs 1 and 2, so the resume
     # crosses a mask update and needs the pruner's dense copies back.
@@ -42,7 +42,7 @@ def test_interrupted_centralized_pruning_resumes_bit_for_bit(micro_task, tmp_pat
         # As in a fresh process: auto-generated layer names (which seed the
         # stateless dropout) restart from zero.
         tf.keras.backend.clear_session()
-        return centralized.train_centralized(
+        return training.train_centralized(
             micro_task, config, pruning=pruning, total_rounds=3,
             checkpoint_dir=str(checkpoint_dir), on_epoch_end=on_epoch_end)
 

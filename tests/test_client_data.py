@@ -8,9 +8,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_prune import client_data
-from tff_prune import runtime
-from tff_prune import wrappers
+from tff_prune.federated import client_data
+from tff_prune.model import wrappers
+from tff_prune.runtime import owned as runtime
 
 
 def _batch_sums(task):

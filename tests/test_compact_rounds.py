@@ -10,15 +10,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tasks.asr import text
-from tff_prune import client_model
-from tff_prune import compact_rounds
-from tff_prune import config as config_lib
-from tff_prune import accounting
-from tff_prune import process as process_lib
-from tff_prune import wire
-from tff_prune import wrappers
 from tasks.asr import compaction
+from tasks.asr import text
+from tff_prune.federated import client_model
+from tff_prune.federated import compact_rounds
+from tff_prune.federated import process as process_lib
+from tff_prune.federated import wire
+from tff_prune.model import wrappers
+from tff_prune.program import accounting
+from tff_prune.pruning import config as config_lib
 from tff_prune.pruning import schedule as schedule_lib
 
 _CACHE = {}

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tasks.asr import compaction
 from tasks.asr import ctc
 from tasks.asr import features as features_lib
 from tasks.asr import librispeech
 from tasks.asr import model as model_lib
 from tasks.asr import text
 from tasks.asr import units
-from tasks.asr import compaction
 from tff_prune.export import masking
 
 CFG = model_lib.ConformerConfig.tiny(dropout=0.0)

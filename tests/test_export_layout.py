@@ -12,6 +12,7 @@ from tasks.asr import text
 from tff_prune.export import checkpoint
 from tff_prune.export import pipeline
 from tff_prune.export import serving_layout
+from tff_prune.program import registry
 
 
 def _writer(content):
@@ -92,19 +93,19 @@ def test_loads_a_run_without_model_config_from_its_summary(tmp_path):
     (tmp_path / "final_model").mkdir()
     model.save_weights(str(tmp_path / "final_model" / "weights"))
     with pytest.raises(FileNotFoundError, match="cannot tell which model"):
-        checkpoint.load_saved_run(str(tmp_path))
+        checkpoint.load_saved_run(str(tmp_path), registry.task_export)
     summary = {"config": {"task": {"model_size": "tiny", "dropout": 0.0,
                                    "feature": {"num_mel_bins": 80, "top_db": 80.0}},
                           "pruning": {"scheme": "none"}}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     for path in (tmp_path, tmp_path / "final_model", tmp_path / "final_model" / "weights"):
-        run = checkpoint.load_saved_run(str(path))
+        run = checkpoint.load_saved_run(str(path), registry.task_export)
         assert run.task_export.model_config == model_lib.ConformerConfig.tiny(dropout=0.0)
         assert run.pruning == {"scheme": "none"}
         for a, b in zip(run.model.get_weights(), model.get_weights()):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        checkpoint.load_saved_run(str(tmp_path / "missing"))
+        checkpoint.load_saved_run(str(tmp_path / "missing"), registry.task_export)
 
 
 def test_loads_a_run_without_model_config_from_a_named_task_config(tmp_path):
@@ -119,7 +120,7 @@ def test_loads_a_run_without_model_config_from_a_named_task_config(tmp_path):
                                              "feature": {"num_mel_bins": 80}}},
                           "pruning": {"scheme": "structured"}}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    run = checkpoint.load_saved_run(str(tmp_path))
+    run = checkpoint.load_saved_run(str(tmp_path), registry.task_export)
     assert run.task_export.model_name == "asr"
     assert run.task_export.model_config == model_lib.ConformerConfig.tiny(dropout=0.0)
     assert run.pruning == {"scheme": "structured"}

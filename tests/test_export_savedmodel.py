@@ -24,20 +24,20 @@ from tasks.asr import ctc
 from tasks.asr import features as features_lib
 from tasks.asr import librispeech
 from tasks.asr import model as model_lib
+from tasks.asr import serve_client
 from tasks.asr import serving
 from tasks.asr import spec as asr_spec
 from tasks.asr import task as task_lib
 from tasks.asr import text
 from tasks.asr import units
 from tasks.asr.export import AsrExport
-from tff_prune import config as config_lib
-from tff_prune import experiment_config
-from tff_prune import final_model
-from tasks.asr import serve_client
-from tff_prune import wrappers
 from tff_prune.export import masking
 from tff_prune.export import pipeline
 from tff_prune.export import savedmodel
+from tff_prune.model import wrappers
+from tff_prune.program import experiment_config
+from tff_prune.program import final_model
+from tff_prune.pruning import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = model_lib.ConformerConfig.tiny(dropout=0.0)

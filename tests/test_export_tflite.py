@@ -9,10 +9,10 @@ import tensorflow as tf
 from tasks.asr import features as features_lib
 from tasks.asr import librispeech
 from tasks.asr import model as model_lib
+from tasks.asr import serve_client
 from tasks.asr import serving
 from tasks.asr import text
 from tasks.asr.export import AsrExport
-from tasks.asr import serve_client
 from tff_prune.export import masking
 from tff_prune.export import pipeline
 

@@ -13,7 +13,6 @@ import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_model_optimization as tfmot
 
-from tasks import registry
 from tasks.kws import compaction
 from tasks.kws import corpus as corpus_lib
 from tasks.kws import export as export_lib
@@ -24,12 +23,13 @@ from tasks.kws import synthetic
 from tasks.kws import task as task_lib
 from tasks.kws import units
 from tasks.kws.corpus import CLASS_NAMES, CLIP_SAMPLES, KwsCorpusError
-from tff_prune import config as config_lib
-from tff_prune import evaluation
-from tff_prune import federated_eval
-from tff_prune import process as process_lib
-from tff_prune import wrappers
 from tff_prune.export import masking
+from tff_prune.federated import federated_eval
+from tff_prune.federated import process as process_lib
+from tff_prune.model import evaluation
+from tff_prune.model import wrappers
+from tff_prune.program import registry
+from tff_prune.pruning import config as config_lib
 from tff_prune.pruning import schedule as schedule_lib
 from tff_prune.pruning import structures
 
@@ -380,7 +380,7 @@ def test_federated_rounds_compact_exactly_and_export_a_serving_model(
 def test_without_worker_datasets_the_controller_sends_datasets(kws_task):
     """KWS has no worker-side datasets: its clients receive datasets built
     here, and round computations are used as they are."""
-    from tff_prune import client_data  # pylint: disable=import-outside-toplevel
+    from tff_prune.federated import client_data  # pylint: disable=import-outside-toplevel
 
     assert kws_task.worker_datasets(training=True) is None
     inputs = client_data.ClientInputs(kws_task, training=True, epochs=2)

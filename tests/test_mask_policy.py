@@ -7,9 +7,9 @@ import tensorflow as tf
 from tasks.asr import model as model_lib
 from tasks.asr import text
 from tasks.asr import units as asr_units
-from tff_prune import config as config_lib
-from tff_prune import mask_policy
-from tff_prune import wrappers
+from tff_prune.model import mask_policy
+from tff_prune.model import wrappers
+from tff_prune.pruning import config as config_lib
 
 
 @pytest.fixture(scope="module")

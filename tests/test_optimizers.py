@@ -1,4 +1,4 @@
-"""Server optimizers and learning-rate schedules over rounds (`tff_prune.optimizers`)."""
+"""Server optimizers and learning-rate schedules over rounds (`tff_prune.federated.optimizers`)."""
 
 import math
 
@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_prune import config as config_lib
-from tff_prune import experiment_config
-from tff_prune import optimizers
-from tff_prune import process as process_lib
+from tff_prune.federated import optimizers
+from tff_prune.federated import process as process_lib
+from tff_prune.program import experiment_config
+from tff_prune.pruning import config as config_lib
 
 
 def test_schedules_give_the_documented_rates():

@@ -11,14 +11,14 @@ import pytest
 import tensorflow_federated as tff
 from absl import flags
 
-from tff_prune import config as config_lib
 from tasks.asr import data as data_lib
 from tasks.asr import spec as asr_spec
-from tff_prune import checkpoints as checkpoints_lib
-from tff_prune import experiment
-from tff_prune import experiment_config
-from tff_prune import experiment_flags
-from tff_prune import output_dir
+from tff_prune.program import checkpoints as checkpoints_lib
+from tff_prune.program import experiment
+from tff_prune.program import experiment_config
+from tff_prune.program import experiment_flags
+from tff_prune.program import output_dir
+from tff_prune.pruning import config as config_lib
 
 RECORD = {"mode": "federated", "seed": 0, "federated.total_rounds": 4,
           "checkpoint_every_rounds": 5, "federated.eval_every_rounds": 10,

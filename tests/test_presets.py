@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import preset_config
-from tff_prune import experiment_config
+from tff_prune.program import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = sorted(glob.glob(os.path.join(REPO, "bazel_configs", "*.cfg")))

@@ -12,11 +12,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_prune import config as config_lib
-from tff_prune import process as process_lib
-from tff_prune import variable_model
-from tff_prune import wrappers
+from tff_prune.federated import process as process_lib
+from tff_prune.model import variable_model
+from tff_prune.model import wrappers
 from tff_prune.pruning import bitpack
+from tff_prune.pruning import config as config_lib
 from tff_prune.pruning import schedule as schedule_lib
 
 _OPTIMIZERS = {"adam": tff.learning.optimizers.build_adam,

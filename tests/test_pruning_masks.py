@@ -9,8 +9,8 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_utils
 
 from tasks.asr import units as cu
-from tff_prune.pruning import structures
 from tff_prune.pruning import importance, masks, stats, units
+from tff_prune.pruning import structures
 
 HEADS = 4
 SPARSITIES = (0.3, 0.5, 0.8)

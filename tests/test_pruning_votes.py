@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tasks.asr import units as cu
-from tff_prune.pruning import structures
 from tff_prune.pruning import importance, masks, units, votes
+from tff_prune.pruning import structures
 
 SHAPES = cu.conformer_weight_shapes(d_model=16, num_blocks=2, ff_dim=64, conv_channels=16, conv_kernel=7,
                                     freq_positions=19, subsample_channels=8, vocab_size=10)

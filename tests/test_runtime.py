@@ -27,7 +27,7 @@ _PROBE = textwrap.dedent("""
         import numpy as np
         import tensorflow as tf
         import tensorflow_federated as tff
-        from tff_prune import runtime
+        from tff_prune.runtime import owned as runtime
 
         @tff.tensorflow.computation(np.float32)
         def add_one(x):
@@ -171,7 +171,7 @@ def test_computation_outside_runtime_fails_loudly(tmp_path):
         import numpy as np
         import psutil
         import tensorflow_federated as tff
-        from tff_prune import runtime
+        from tff_prune.runtime import owned as runtime
         @tff.tensorflow.computation(np.float32)
         def f(x):
             return x

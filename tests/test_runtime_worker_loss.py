@@ -22,7 +22,7 @@ import psutil
 import pytest
 import tensorflow_federated as tff
 
-from tff_prune import runtime
+from tff_prune.runtime import owned as runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ _PROBE = textwrap.dedent("""
         import psutil
         import tensorflow as tf
         import tensorflow_federated as tff
-        from tff_prune import runtime
+        from tff_prune.runtime import owned as runtime
 
         @tff.tensorflow.computation(np.float32)
         def add_one(x):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_prune import wire
+from tff_prune.federated import wire
 from tff_prune.pruning import bitpack
 
 
@@ -48,7 +48,7 @@ def test_type_bytes_counts_every_tensor_of_a_structure():
 
 
 def test_kept_values_round_trip_exactly_to_the_masked_tensor():
-    from tff_prune import client_model
+    from tff_prune.federated import client_model
     rng = np.random.default_rng(1)
     value = rng.normal(size=(6, 5)).astype(np.float32)
     mask = (rng.random((6, 5)) < 0.3).astype(np.float32)

@@ -27,9 +27,9 @@ import sys
 from absl import app
 from absl import flags
 
-# Not tff_prune.runtime: importing TensorFlow Federated would take seconds
+# Not tff_prune.runtime.owned: importing TensorFlow Federated would take seconds
 # before the worker even listens.
-from tff_prune import worker_binary
+from tff_prune.runtime import worker_binary
 
 DEFAULT_FEATURE_CACHE_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "features")

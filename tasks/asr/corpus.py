@@ -10,7 +10,7 @@ import collections
 import dataclasses
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
-from tasks import base
+from tff_prune.task import base
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -17,13 +17,13 @@ from typing import Any, ClassVar
 
 import tensorflow as tf
 
-from tasks import base
 from tasks.asr import compaction
 from tasks.asr import features as features_lib
 from tasks.asr import model as model_lib
 from tasks.asr import serving
 from tasks.asr import task as task_lib
 from tasks.asr import text
+from tff_prune.task import base
 
 
 def _fields(cls, values: Mapping[str, Any]) -> dict:

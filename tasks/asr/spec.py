@@ -8,11 +8,11 @@ from typing import Any
 
 from absl import flags
 
-from tasks import base
 from tasks.asr import data as data_lib
 from tasks.asr import task as task_lib
 from tasks.asr.corpus import CorpusError
-from tff_prune import config as config_lib
+from tff_prune.pruning import config as config_lib
+from tff_prune.task import base
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,6 @@ from typing import Any, Optional
 import tensorflow as tf
 from absl import logging
 
-from tasks import base
 from tasks.asr import ctc
 from tasks.asr import feature_cache
 from tasks.asr import features as features_lib
@@ -31,6 +30,7 @@ from tasks.asr import model as model_lib
 from tasks.asr import text
 from tasks.asr import units
 from tasks.asr.corpus import SpeechCorpus, Utterance
+from tff_prune.task import base
 
 MODEL_PRESETS = ("micro", "tiny", "small", "medium", "paper")
 # Pooled (centralized) data: shards read at once, and the examples mixed.

@@ -21,10 +21,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from tasks import base
 from tff_prune.pruning import structures
 from tff_prune.pruning import units
 from tff_prune.pruning.units import AttentionGroup, Coupling, UnitStructure
+from tff_prune.task import base
 
 _BLOCK = re.compile(r"^block(\d+)_")
 

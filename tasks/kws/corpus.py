@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from tasks import base
+from tff_prune.task import base
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE, UNKNOWN = "silence", "unknown"

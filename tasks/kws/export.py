@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tasks import base
 from tasks.kws import compaction
 from tasks.kws import features as features_lib
 from tasks.kws import model as model_lib
 from tasks.kws.corpus import CLIP_SAMPLES
 from tff_prune.export import compaction as compaction_lib
+from tff_prune.task import base
 
 SERVING_SIGNATURE = "serving_default"
 

@@ -8,12 +8,12 @@ from typing import Any
 
 from absl import flags
 
-from tasks import base
 from tasks.kws import data as data_lib
 from tasks.kws import model as model_lib
 from tasks.kws import task as task_lib
 from tasks.kws.corpus import KwsCorpusError
-from tff_prune import config as config_lib
+from tff_prune.pruning import config as config_lib
+from tff_prune.task import base
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,13 +16,13 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
-from tasks import base
 from tasks.asr import features as asr_features
 from tasks.kws import corpus as corpus_lib
 from tasks.kws import features as features_lib
 from tasks.kws import model as model_lib
 from tasks.kws import units
 from tasks.kws.corpus import CLASS_NAMES, KwsCorpus
+from tff_prune.task import base
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
-from tasks import base
 from tasks.kws import model as model_lib
 from tff_prune.pruning import units
 from tff_prune.pruning.units import Coupling
+from tff_prune.task import base
 
 Shapes = Mapping[str, Sequence[int]]
 

@@ -41,9 +41,10 @@ def main(argv: list[str]) -> int:
     from tff_prune.export import checkpoint  # pylint: disable=import-outside-toplevel
     from tff_prune.export import measure  # pylint: disable=import-outside-toplevel
     from tff_prune.export import pipeline  # pylint: disable=import-outside-toplevel
+    from tff_prune.program import registry  # pylint: disable=import-outside-toplevel
 
     try:
-        run = checkpoint.load_saved_run(_CHECKPOINT.value)
+        run = checkpoint.load_saved_run(_CHECKPOINT.value, registry.task_export)
         result = pipeline.export_saved_run(run, _EXPORT_DIR.value, _MODEL_NAME.value,
                                            _COMPACT.value, _TFLITE.value)
     except (FileNotFoundError, ValueError, AssertionError) as e:

@@ -6,8 +6,10 @@ stripped Keras model: tfmot wrappers removed, pruned weights exactly zero),
 ``task_name``; records without one are ASR's) and
 ``EXPERIMENT_DIR/summary.json`` (whose ``config.pruning`` says how it was
 pruned). Runs without ``model_config.json`` (centralized runs) are rebuilt
-from ``summary.json``'s ``config.task_name`` and ``config.task``. The
-registered task (`tasks.registry`) turns the record into its `TaskExport`.
+from ``summary.json``'s ``config.task_name`` and ``config.task``. The caller
+says how a record becomes its task's `TaskExport` (the program's task
+registry, `tff_prune.program.registry.task_export`): this package never
+looks a task up by name.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from typing import Any, Optional
 
 import tensorflow as tf
 
-from tasks import base
-from tasks import registry
+from tff_prune.task import base
 
-# Where `tff_prune.final_model` writes the task's model record.
+# Where `tff_prune.program.final_model` writes the task's model record.
 RECORD_FILE = "model_config.json"
-# Records from before tasks were registered by name are all ASR's.
-UNNAMED_TASK = "asr"
+
+# A model record -> its task's serving side (e.g. the program's task registry).
+TaskExportFor = Callable[[dict[str, Any]], base.TaskExport]
 
 
 @dataclasses.dataclass
@@ -62,7 +65,7 @@ def read_record(model_dir: str, summary: dict) -> dict[str, Any]:
 
     ``model_config.json`` when saved; else ``{"task_name", "task"}`` from
     the summary's experiment config (the task's export rebuilds its model
-    from its config).
+    from its config; ``task_name`` only where the summary has one).
     """
     saved = _read_json(os.path.join(model_dir, RECORD_FILE))
     if saved is not None:
@@ -71,21 +74,23 @@ def read_record(model_dir: str, summary: dict) -> dict[str, Any]:
     if "task" not in config:
         raise FileNotFoundError(f"neither {model_dir}/{RECORD_FILE} nor a summary.json "
                                 "with config.task: cannot tell which model was saved")
-    return {"task_name": config.get("task_name", UNNAMED_TASK), "task": config["task"]}
+    record = {"task": config["task"]}
+    if "task_name" in config:
+        record["task_name"] = config["task_name"]
+    return record
 
 
-def task_export(record: dict[str, Any]) -> base.TaskExport:
-    """The registered task's serving side for ``record`` (ASR when it names no task)."""
-    return registry.get(record.get("task_name", UNNAMED_TASK)).export(record)
+def load_saved_run(checkpoint: str, task_export_for: TaskExportFor) -> SavedRun:
+    """Rebuilds the model of a saved run and restores its weights.
 
-
-def load_saved_run(checkpoint: str) -> SavedRun:
-    """Rebuilds the model of a saved run and restores its weights."""
+    ``task_export_for`` turns the run's model record into its task's serving
+    side (`tff_prune.program.registry.task_export`).
+    """
     prefix = resolve_weights_prefix(checkpoint)
     model_dir = os.path.dirname(prefix)
     summary = _read_json(os.path.join(os.path.dirname(model_dir), "summary.json")) or {}
     record = read_record(model_dir, summary)
-    export = task_export(record)
+    export = task_export_for(record)
     model = export.build_model()
     status = model.load_weights(prefix)
     # Every variable of the rebuilt model must come from the checkpoint.

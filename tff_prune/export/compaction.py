@@ -3,12 +3,12 @@
 Structured pruning leaves whole units exactly zero. A unit whose removal
 cannot change any output is cut out of the kernels, and the task rebuilds its
 model with the smaller widths (same layer names, smaller kernels; a task's
-`tasks.base.Compactor` does that, e.g. the ASR task's). Removability
+`tff_prune.task.base.Compactor` does that, e.g. the ASR task's). Removability
 is decided from the weights themselves, so any checkpoint works and nothing
 is removed unless it is provably inert.
 
 Which slices form one unit (and are cut together) comes from the task's
-`tasks.base.ModelStructure` couplings, the one definition pruning uses too
+`tff_prune.task.base.ModelStructure` couplings, the one definition pruning uses too
 (`couplings_by_layers`). The generic rules here:
 
 * A kernel's *columns* are its outputs (last axis), its *rows* its inputs
@@ -34,8 +34,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import tensorflow as tf
 
-from tasks import base
 from tff_prune.pruning import units
+from tff_prune.task import base
 
 Couplings = dict[tuple[str, str], units.Coupling]
 

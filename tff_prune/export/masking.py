@@ -14,10 +14,10 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tasks import base
-from tff_prune import config as config_lib
-from tff_prune import mask_policy
-from tff_prune import wrappers
+from tff_prune.model import mask_policy
+from tff_prune.model import wrappers
+from tff_prune.pruning import config as config_lib
+from tff_prune.task import base
 
 
 def apply_magnitude_masks(model: tf.keras.Model, scheme: str, sparsity: float,

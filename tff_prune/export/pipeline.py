@@ -1,6 +1,6 @@
 """One export: (compaction) -> serving SavedModel -> TFLite, as a new TF Serving version.
 
-What is served is the task's (`tasks.base.TaskExport`: its signatures, its
+What is served is the task's (`tff_prune.task.base.TaskExport`: its signatures, its
 compaction, its equivalence batch); this module only orders the steps and
 writes the version.
 """
@@ -14,12 +14,12 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
-from tasks import base
 from tff_prune.export import checkpoint as checkpoint_lib
 from tff_prune.export import compaction
 from tff_prune.export import savedmodel
 from tff_prune.export import serving_layout
 from tff_prune.export import tflite as tflite_lib
+from tff_prune.task import base
 
 COMPACT_CHOICES = ("auto", "yes", "no")
 TFLITE_FILE = os.path.join("assets.extra", "model.tflite")
@@ -156,14 +156,19 @@ def export_saved_run(run: checkpoint_lib.SavedRun, export_base: str,
         raise ExportError(f"cannot export to {export_base}: {cause}") from e
 
 
-def export_checkpoint(checkpoint: str, export_base: str, model_name: Optional[str] = None,
-                      compact: str = "auto", tflite: bool = True) -> ExportResult:
+def export_checkpoint(checkpoint: str, export_base: str,
+                      task_export_for: checkpoint_lib.TaskExportFor,
+                      model_name: Optional[str] = None, compact: str = "auto",
+                      tflite: bool = True) -> ExportResult:
     """Exports a saved run (experiment dir, its ``final_model/`` or weights prefix).
+
+    ``task_export_for`` turns the run's record into its task's serving side
+    (`tff_prune.program.registry.task_export`).
 
     ``model_name`` None is the task's. Structured runs are compacted
     (``auto``) when the task can; ``yes`` with a task that cannot is an
     `ExportError`. TFLite's sparsity optimization is tried for unstructured,
     block and 2:4 runs.
     """
-    return export_saved_run(checkpoint_lib.load_saved_run(checkpoint), export_base,
-                            model_name, compact, tflite)
+    return export_saved_run(checkpoint_lib.load_saved_run(checkpoint, task_export_for),
+                            export_base, model_name, compact, tflite)

@@ -1,4 +1,4 @@
-"""Pure-TensorFlow mask math for federated pruning (no TFF imports).
+"""Pure-TensorFlow mask math for federated pruning (no TFF imports), and its config.
 
 Modules, one concept each:
 
@@ -9,12 +9,16 @@ Modules, one concept each:
 * ``masks``: unit scoring, sparsity allocation, masks, 2:4 masks.
 * ``votes``: the ``client_vote`` policy (masks from averaged client masks).
 * ``stats``: sparsity and size statistics.
+* ``config``: what to prune and who decides (`PruningConfig`), validated.
+
+Imports nothing else of `tff_prune`: a task's structure reaches it as
+`structures.DeclaredSlices`.
 """
 
-from tff_prune.pruning.structures import build_unit_structure
 from tff_prune.pruning.importance import magnitude_scores, taylor_scores
 from tff_prune.pruning.masks import apply_masks, compute_m_by_n_masks, compute_masks, unit_keep
 from tff_prune.pruning.schedule import PruningSchedule
+from tff_prune.pruning.structures import build_unit_structure
 from tff_prune.pruning.units import UnitStructure
 from tff_prune.pruning.votes import mask_agreement, masks_from_votes
 

@@ -4,7 +4,7 @@
 * Taylor (first order, Molchanov et al. 2019): ``|w * dL/dw|``, the estimated
   change of the loss when the element is zeroed. THE definition, used by the
   federated clients (client_work.py) and centralized training
-  (centralized_pruning.py) alike: the MEAN over the local optimizer steps of
+  (centralized/pruner.py) alike: the MEAN over the local optimizer steps of
   one round of ``|w * g_t|``, with ``w`` the dense weight at the start of the
   round (the broadcast value, so pruned weights are scored as if they came
   back) and ``g_t`` step t's gradient. Only the round that precedes a mask

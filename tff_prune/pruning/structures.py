@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 from tff_prune.pruning import units
 from tff_prune.pruning.units import UnitStructure
@@ -11,8 +11,19 @@ SCHEMES = ("unstructured", "structured", "block")
 STRUCTURES = ("column", "row", "half_column", "half_row", "head", "channel")
 Shapes = units.Shapes
 
-if TYPE_CHECKING:  # tasks.base imports this package's units
-    from tasks.base import ModelStructure
+
+class DeclaredSlices(Protocol):
+    """Which weight slices a model prunes together, as its task declares them.
+
+    `tff_prune.task.base.ModelStructure` implements it; the mask math needs
+    only these three answers, so it does not depend on the task interface.
+    """
+
+    def couplings(self, shapes: Shapes) -> Sequence[units.Coupling]: ...
+
+    def attention_groups(self, shapes: Shapes) -> Sequence[units.AttentionGroup]: ...
+
+    def conv_groups(self, shapes: Shapes) -> Sequence[Sequence[units.Coupling]]: ...
 
 
 def build_unit_structure(
@@ -20,7 +31,7 @@ def build_unit_structure(
     scheme: str,
     structure: Optional[str],
     prunable_layers: Sequence[str],
-    model_structure: "ModelStructure",
+    model_structure: DeclaredSlices,
     block_shape: Sequence[int] = (1, 4),
 ) -> UnitStructure:
     """The UnitStructure for ``scheme`` (and ``structure`` when structured).
