@@ -57,6 +57,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.get_logger().setLevel("ERROR")
+    from tff_prune.program import divergence  # pylint: disable=g-import-not-at-top
     from tff_prune.program import experiment  # pylint: disable=g-import-not-at-top
     from tff_prune.program import experiment_flags  # pylint: disable=g-import-not-at-top
     from tff_prune.runtime import owned as runtime  # pylint: disable=g-import-not-at-top
@@ -81,6 +82,10 @@ def main(argv):
         print(f"run_experiment.py: error: {e}; the last checkpoint is kept: rerun the "
               "same command to resume", file=sys.stderr)
         return 3
+    except divergence.DivergedError as e:
+        print(f"run_experiment.py: error: {e}; the checkpoints before round {e.round_num} "
+              "are kept, nothing is exported", file=sys.stderr)
+        return 5
     final = summary["final"]
     scores = "  ".join(f"{m['name'].upper()} {final[m['name']]:.3f}"
                        for m in summary["metrics"] if not m["detail"])

@@ -24,9 +24,10 @@ from tff_prune.federated import optimizers
 from tff_prune.federated import process as process_lib
 from tff_prune.program import accounting
 from tff_prune.program import checkpoints
+from tff_prune.program import divergence
 from tff_prune.program import final_model
 from tff_prune.program import metric_writers
-from tff_prune.program.experiment_config import ExperimentConfig
+from tff_prune.program.experiment_config import ExperimentConfig, FederatedConfig
 from tff_prune.runtime import owned as runtime
 from tff_prune.task import base
 
@@ -66,6 +67,15 @@ def build_rounds(config: ExperimentConfig, task: base.FederatedTask,
     if client_model_used(config, task) != "compact":
         compactor = compact_rounds.FullSizeModel(task.build_model)
     return compact_rounds.CompactRounds(built, compactor, compose)
+
+
+def _divergence_settings(fed: FederatedConfig, rates: dict) -> str:
+    """The settings a diverged run's message points at, with their values."""
+    clip = (f"--clip_norm (now {fed.clip_norm:g})" if fed.clip_norm > 0
+            else "--clip_norm (now off)")
+    return (f"--client_learning_rate (this round {rates['client_learning_rate']:.3g}), "
+            f"--server_learning_rate (this round {rates['server_learning_rate']:.3g}) "
+            f"and {clip}")
 
 
 def run_federated(config: ExperimentConfig, task: base.FederatedTask,
@@ -116,6 +126,10 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
             state, done = initial_state, 0
         else:
             logging.info("resuming %s after round %d", out, done)
+        if done < fed.total_rounds:
+            # The scale a diverged training loss is judged against (`divergence`).
+            reference_loss = federated_eval.finalize_eval_sums(
+                task, evaluate(built.process.get_model_weights(initial_state), test_data))["loss"]
         for round_num in range(done + 1, fed.total_rounds + 1):
             round_start = time.monotonic()
             cohort = cohort_for_round(task.train_client_ids, fed.clients_per_round,
@@ -143,8 +157,13 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
                 output = rounds.next(state, datasets)
             round_seconds = time.monotonic() - round_start
             bytes_down, bytes_up = accounting.round_wire_bytes(round_client_work)
-            state = output.state
             train = output.metrics["client_work"]["train"]
+            train_loss = _scalar(train["loss_sum"]) / max(_scalar(train["num_examples"]), 1)
+            # Before anything of this round is written: the newest checkpoint
+            # stays the last state trained without diverging.
+            divergence.check_round_loss(round_num, train_loss, reference_loss,
+                                        _divergence_settings(fed, rates))
+            state = output.state
             fin = output.metrics["finalizer"]
             row = {
                 "round": round_num,
@@ -152,7 +171,7 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
                 # Compact once units are cut; the full-size model before and
                 # on rounds whose clients score pruned weights.
                 "client_model": round_client_model,
-                "train_loss": _scalar(train["loss_sum"]) / max(_scalar(train["num_examples"]), 1),
+                "train_loss": train_loss,
                 "num_examples": _scalar(train["num_examples"]),
                 "sparsity": _scalar(fin["sparsity"]) if "sparsity" in fin else 0.0,
                 "masks_updated": int(_scalar(fin["masks_updated"])) if "masks_updated" in fin else 0,
