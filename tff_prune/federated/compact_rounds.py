@@ -272,9 +272,11 @@ class CompactRounds:
                                                  wrappers.PrunableWeightIndex, tf.keras.Model]:
         if widths not in self._indexes:
             prunable = self.built.prunable_layers
+            compact = self.compactor.build(widths)
 
             def model_fn():
-                return wrappers.wrap_for_pruning(self.compactor.build(widths), prunable)
+                # Wrapped clones of one built model (as the process's model_fn).
+                return wrappers.wrap_for_pruning(compact, prunable)
             model = model_fn()
             self._indexes[widths] = (model_fn, wrappers.index_prunable_weights(model), model)
         return self._indexes[widths]

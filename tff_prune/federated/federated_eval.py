@@ -9,6 +9,7 @@ the task's rates are exact corpus-level rates.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -23,9 +24,15 @@ def build_federated_evaluation(
     model_fn: Callable[[], tf.keras.Model],
     index: wrappers.PrunableWeightIndex,
     mask_biases: bool,
+    weights_type: Optional[tff.types.Type] = None,
 ) -> tff.Computation:
-    """(server ModelWeights, client datasets) -> summed metrics at the server."""
-    weights_type = wrappers.model_weights_type(model_fn())
+    """(server ModelWeights, client datasets) -> summed metrics at the server.
+
+    `weights_type`: the TFF type of `model_fn()`'s ModelWeights when the
+    caller has it (else a model is built to read it).
+    """
+    if weights_type is None:
+        weights_type = wrappers.model_weights_type(model_fn())
     data_type = tff.SequenceType(wrappers.tff_type(task.batch_spec))
 
     # A tf.function, as in TFF's own client work: TFF traces computations into
@@ -34,20 +41,26 @@ def build_federated_evaluation(
     @tf.function
     def evaluate_client(model, weights, dataset):
         model_weights = tff.learning.models.ModelWeights.from_model(model)
-        tf.nest.map_structure(lambda v, t: v.assign(t), model_weights, weights)
+        # Position by position: `weights` may hold tuples where the model has lists.
+        for variables, values in ((model_weights.trainable, weights.trainable),
+                                  (model_weights.non_trainable, weights.non_trainable)):
+            for v, t in zip(variables, values, strict=True):
+                v.assign(t)
         masks = wrappers.weight_masks(list(weights.non_trainable), index,
                                       len(model_weights.trainable), mask_biases)
         for v, masked in zip(model_weights.trainable,
                              wrappers.apply_weight_masks(model_weights.trainable, masks)):
             v.assign(masked)
-        # The sums' names and structure, from the batch spec (no data read).
-        zeros = tf.nest.map_structure(
-            lambda t: tf.zeros(t.shape, tf.float64),
-            tf.function(lambda b: evaluation.evaluation_sums(task, model, b))
-            .get_concrete_function(task.batch_spec).structured_outputs)
+        # One trace of the batch's sums: its outputs name the totals (no data
+        # read), and the loop calls the same function.
+        batch_sums = tf.function(
+            lambda b: evaluation.evaluation_sums(task, model, b)
+        ).get_concrete_function(task.batch_spec)
+        zeros = tf.nest.map_structure(lambda t: tf.zeros(t.shape, tf.float64),
+                                      batch_sums.structured_outputs)
         return dataset.reduce(
             zeros, lambda totals, batch: tf.nest.map_structure(
-                tf.add, totals, evaluation.evaluation_sums(task, model, batch)))
+                tf.add, totals, batch_sums(batch)))
 
     @tff.tensorflow.computation(weights_type, data_type)
     def client_eval(weights, dataset):

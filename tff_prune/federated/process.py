@@ -36,6 +36,7 @@ class FederatedPruningProcess:
     """The learning process and what callers need to use its weights."""
 
     process: tff.learning.templates.LearningProcess
+    # Builds the wrapped model (fresh weights, overwritten by whoever uses it).
     model_fn: Callable[[], tf.keras.Model]
     index: wrappers.PrunableWeightIndex
     decider: mask_policy.MaskDecider
@@ -117,11 +118,14 @@ def build_federated_pruning_process(
             f"--exclude_layers={excluded!r} leaves no prunable layer")
 
     def model_fn() -> tf.keras.Model:
-        return wrappers.wrap_for_pruning(task.build_model(), prunable)
+        # Wrapped clones of one built model: building the task's model from
+        # scratch would double what each trace pays for its model.
+        return wrappers.wrap_for_pruning(reference, prunable)
 
     # One model for the index, the initial weights and the weights' type:
     # building (and wrapping) a Keras model is a large part of tracing cost.
-    model = seeded_model(model_fn, seed)
+    # Built from scratch after seeding: the seed alone fixes its weights.
+    model = seeded_model(lambda: wrappers.wrap_for_pruning(task.build_model(), prunable), seed)
     index = wrappers.index_prunable_weights(model)
     decider = mask_policy.MaskDecider(pruning, index, task.model_structure)
     initial = initial_model_weights(model, index)

@@ -99,7 +99,8 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
     test_inputs = client_data.ClientInputs(task, training=False,
                                            by_id=fed.datasets_on_workers)
     evaluate = test_inputs.compose(federated_eval.build_federated_evaluation(
-        task, built.model_fn, built.index, config.pruning.masks_biases))
+        task, built.model_fn, built.index, config.pruning.masks_biases,
+        weights_type=built.weights_type))
     test_data = test_inputs.values(task.test_client_ids)
     # tff.program: the state manager writes each checkpoint beside its final
     # name and renames it into place, so a half-written one is never loaded.
