@@ -215,8 +215,9 @@ class ProgramResult:
 def run_program_here(capsys, args: list[str]) -> ProgramResult:
     """run_experiment.py's `app.run(main)` in this process (flag parsing, the
     program, its error lines and exit code) without paying the TF/TFF import
-    for each case; `capsys` captures what it prints. The command line itself
-    is tested by real subprocess runs (test_cli, test_program)."""
+    for each case; `capsys` captures what it prints (None: nothing is
+    captured, e.g. in a session fixture). The command line itself is tested
+    by real subprocess runs (test_cli, test_program, test_distributed)."""
     from absl import app  # pylint: disable=import-outside-toplevel
     from absl import flags  # pylint: disable=import-outside-toplevel
 
@@ -225,7 +226,8 @@ def run_program_here(capsys, args: list[str]) -> ProgramResult:
     import tff_prune.program.experiment_flags  # noqa: F401 pylint: disable=import-outside-toplevel,unused-import
 
     flags.FLAGS.unparse_flags()
-    capsys.readouterr()
+    if capsys is not None:
+        capsys.readouterr()
     try:
         app.run(run_experiment.main, argv=["run_experiment.py", *args])
         code = 0
@@ -233,6 +235,8 @@ def run_program_here(capsys, args: list[str]) -> ProgramResult:
         code = e.code if isinstance(e.code, int) else 1
     finally:
         flags.FLAGS.unparse_flags()
+    if capsys is None:
+        return ProgramResult(code, "", "")
     out = capsys.readouterr()
     return ProgramResult(code, out.out, out.err)
 

@@ -1,18 +1,15 @@
 """The bench scripts run and write well-formed tables (smoke runs, micro model).
 
+Each bench's `main` runs in this process (the import is paid once); the
+rows it measures still run in their own processes, as in a real bench.
 Timing goals are never asserted here: they are ratios for `bench/results/`.
 """
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +20,11 @@ def corpus_cache(tmp_path_factory):
 
 def test_round_costs_quick_writes_its_table(tmp_path, corpus_cache):
     out = tmp_path / "round_costs"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.round_costs", "--quick", "--model_size=micro",
-         "--clients=1", "--repeats=1", "--skip_client_cost",
+    from bench import round_costs
+    assert round_costs.main(
+        ["--quick", "--model_size=micro", "--clients=1", "--repeats=1", "--skip_client_cost",
          "--num_train_speakers=4", f"--cache_dir={corpus_cache}",
-         f"--out={out}", f"--work_dir={tmp_path / 'work'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+         f"--out={out}", f"--work_dir={tmp_path / 'work'}"]) == 0
     data = json.loads((tmp_path / "round_costs.json").read_text())
     names = [r["variant"] for r in data["rows"]]
     assert names == ["dense (ours, --pruning=none)", "compact, column 50%"]
@@ -50,13 +45,11 @@ def _table_rows(path):
 
 def test_pruning_overhead_quick_writes_its_table(tmp_path, corpus_cache):
     out = tmp_path / "pruning_overhead"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.pruning_overhead", "--quick", "--model_size=micro",
-         "--clients=1", "--repeats=1", "--num_train_speakers=4",
-         f"--cache_dir={corpus_cache}", f"--out={out}",
-         f"--work_dir={tmp_path / 'work'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    from bench import pruning_overhead
+    assert pruning_overhead.main(
+        ["--quick", "--model_size=micro", "--clients=1", "--repeats=1",
+         "--num_train_speakers=4", f"--cache_dir={corpus_cache}", f"--out={out}",
+         f"--work_dir={tmp_path / 'work'}"]) == 0
     data = json.loads((tmp_path / "pruning_overhead.json").read_text())
     assert [r["method"] for r in data["rows"]] == ["structured column / server"]
     assert all(r["error"] is None and r["window_seconds_median"] > 0
@@ -66,12 +59,10 @@ def test_pruning_overhead_quick_writes_its_table(tmp_path, corpus_cache):
 
 def test_scaling_writes_its_table_and_slope(tmp_path, corpus_cache):
     out = tmp_path / "scaling"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.scaling", "--model_sizes=micro", "--cohorts=1,2",
-         "--repeats=1", "--num_train_speakers=4", f"--cache_dir={corpus_cache}",
-         f"--out={out}", f"--work_dir={tmp_path / 'work'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    from bench import scaling
+    assert scaling.main(
+        ["--model_sizes=micro", "--cohorts=1,2", "--repeats=1", "--num_train_speakers=4",
+         f"--cache_dir={corpus_cache}", f"--out={out}", f"--work_dir={tmp_path / 'work'}"]) == 0
     data = json.loads((tmp_path / "scaling.json").read_text())
     assert [r["cohort"] for r in data["rows"]] == [1, 2]
     assert all(r["worker_peak_rss_mib"] > 0 for r in data["rows"])
@@ -158,13 +149,11 @@ def test_findings_verdicts_pair_the_seeds():
 
 def test_convergence_quick_compares_a_setting_with_centralized(tmp_path, corpus_cache):
     out = tmp_path / "convergence"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.convergence", "--quick", "--variants=fedadam_1e-2",
-         f"--corpus_cache_dir={corpus_cache}",
+    from bench import convergence
+    assert convergence.main(
+        ["--quick", "--variants=fedadam_1e-2", f"--corpus_cache_dir={corpus_cache}",
          f"--feature_cache_dir={corpus_cache / 'features'}", f"--out={out}",
-         f"--work_dir={tmp_path / 'work'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+         f"--work_dir={tmp_path / 'work'}"]) == 0
     data = json.loads((tmp_path / "convergence.json").read_text())
     (row,) = data["variants"]
     assert row["name"] == data["best"] == "fedadam_1e-2"

@@ -3,7 +3,8 @@
 Workers are real ``python -m tff_prune.worker`` processes (TFF's C++ worker
 binary) on loopback ports, sharing the controller's feature cache folder as a
 shared volume would; clients build their datasets from speaker ids inside
-them. Runs are real ``run_experiment.py`` subprocesses on the tiny corpus.
+them. Runs are ``run_experiment.py``'s program on the tiny corpus: a real
+subprocess where a run is killed, in this process (``app.run(main)``) where not.
 """
 
 import csv
@@ -117,9 +118,9 @@ def one_worker_run(tiny_corpus_dir, features, shared_dir):
     """The reference: the same run on one owned local worker (run once per
     session, whichever xdist worker needs it first)."""
     def build(root):
-        done = subprocess.run(_args(tiny_corpus_dir, root, features, "run"),
-                              capture_output=True, text=True, timeout=600, cwd=REPO)
-        assert done.returncode == 0, done.stderr[-3000:]
+        # In this process: the command line is the kill-and-resume test's.
+        done = run_program_here(None, _args(tiny_corpus_dir, root, features, "run")[2:])
+        assert done.returncode == 0
 
     return build_once(shared_dir, "distributed_one_worker", build) / "run"
 
@@ -157,7 +158,7 @@ def _killed_run(args, tmp_path, lost):
 
 
 def test_killed_remote_worker_ends_the_run_and_a_rerun_splits_the_cohort_like_one_worker(
-        tiny_corpus_dir, features, one_worker_run, tmp_path):
+        tiny_corpus_dir, features, one_worker_run, tmp_path, capsys):
     """Two remote workers: one dies after round 1's checkpoint (one line,
     exit 3); it comes back on its address and the same command resumes; the
     resumed run splits each round's cohort across both and ends with the
@@ -174,9 +175,10 @@ def test_killed_remote_worker_ends_the_run_and_a_rerun_splits_the_cohort_like_on
         assert len(errors) == 1 and lost.address in errors[0], err[-3000:]
         assert "resume" in errors[0] and "Traceback" not in err
         assert re.search(r"lost mid-run", errors[0])
-        # The worker comes back (a restarted pod); the same command resumes.
+        # The worker comes back (a restarted pod); the same command resumes
+        # (in this process: the paused run above was the command line).
         workers[1] = _Worker(features, logs[1], port=lost.port)
-        done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO)
+        done = run_program_here(capsys, args[2:])
         assert done.returncode == 0, done.stderr[-3000:]
         # Both workers are still serving: the run does not stop what it does not own.
         assert all(w.proc.poll() is None for w in workers)
@@ -208,9 +210,9 @@ def test_killed_remote_worker_ends_the_run_and_a_rerun_splits_the_cohort_like_on
 
 
 def test_two_local_workers_split_the_cohort(tiny_corpus_dir, features, one_worker_run,
-                                            tmp_path):
-    done = subprocess.run(_args(tiny_corpus_dir, tmp_path, features, "run", local_workers=2),
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                                            tmp_path, capsys):
+    done = run_program_here(capsys, _args(tiny_corpus_dir, tmp_path, features, "run",
+                                          local_workers=2)[2:])
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     counts = summary["workers"]["computations"]

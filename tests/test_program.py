@@ -4,7 +4,6 @@ run): resume equals an uninterrupted run."""
 import csv
 import os
 import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -60,9 +59,12 @@ OPTIMIZATION = dict(server_optimizer="adam", server_learning_rate=0.01,
                     client_lr_schedule="exponential", client_lr_decay_rate=0.5)
 
 
-def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir, tmp_path):
-    ref = subprocess.run(_args(tiny_corpus_dir, tmp_path, "reference", **OPTIMIZATION),
-                         capture_output=True, text=True, timeout=900, cwd=REPO)
+def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir, tmp_path,
+                                                                 capsys):
+    # The uninterrupted reference and the last resume run in this process
+    # (`app.run(main)`); the killed runs are real command lines.
+    ref = run_program_here(capsys, _args(tiny_corpus_dir, tmp_path, "reference",
+                                         **OPTIMIZATION)[2:])
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     # 1. The TFF worker dies after round 1's checkpoint: the run ends at once
@@ -91,7 +93,7 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
     (partial / "saved_model.pb").write_bytes(b"truncated")
 
     # 3. Resumed to the end: the same rows and weights as the uninterrupted run.
-    resumed = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO)
+    resumed = run_program_here(capsys, args[2:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ref_dir = tmp_path / "reference"
     # The resumes crossed the switch to compact-model rounds (round 2, after
