@@ -79,10 +79,12 @@ def test_fedadam_state_moves_and_clients_train_at_the_scheduled_rate(micro_task,
                                       seed=1).take(1)]
     deltas = {}
     for round_num in (1, 2):
-        at_round = optimizers.set_round_learning_rate(built.process, state, schedule, round_num)
+        at_round = optimizers.set_round_learning_rate(state, schedule, round_num)
+        # Set in Python, seen by the process itself (its get_hparams).
         assert optimizers.learning_rate_of(
             built.process.get_hparams(at_round)["client_work"]) == pytest.approx(
                 schedule(round_num))
+        assert optimizers.client_learning_rate(at_round) == pytest.approx(schedule(round_num))
         received = built.to_wire(at_round.global_model_weights)
         update = built.client_work.next(at_round.client_work, [received], data).result[0]
         deltas[round_num] = [np.asarray(d) for d in update.update["delta"]]

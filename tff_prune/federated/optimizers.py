@@ -17,11 +17,13 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import collections
 import collections.abc
 import dataclasses
 import math
 from typing import Any, Union
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -118,15 +120,28 @@ def scheduled(optimizer: tff.learning.optimizers.Optimizer,
         optimizer, lambda step: schedule(tf.cast(step, tf.int64) + 1))
 
 
-def set_round_learning_rate(process: tff.learning.templates.LearningProcess, state,
-                            schedule: LearningRateSchedule, round_num: int):
+def set_round_learning_rate(state: tff.learning.templates.LearningAlgorithmState,
+                            schedule: LearningRateSchedule, round_num: int
+                            ) -> tff.learning.templates.LearningAlgorithmState:
     """`state` with the clients' learning rate of `round_num` (a no-op for a
-    constant schedule, whose rate the optimizer already has)."""
+    constant schedule, whose rate the optimizer already has).
+
+    For a process whose client work state is the client optimizer's
+    hyperparameters (`client_work.build_pruning_client_work`'s, and what
+    its `set_hparams` sets): set here, not by the process's `set_hparams`,
+    which would ship the whole state to the worker and back for one scalar.
+    """
     if schedule.is_constant:
         return state
-    hparams = process.get_hparams(state)
-    hparams["client_work"][tff.learning.optimizers.LEARNING_RATE_KEY] = schedule(round_num)
-    return process.set_hparams(state, hparams)
+    hparams = collections.OrderedDict(state.client_work)
+    hparams[tff.learning.optimizers.LEARNING_RATE_KEY] = np.float32(schedule(round_num))
+    return state._replace(client_work=hparams)
+
+
+def client_learning_rate(state: tff.learning.templates.LearningAlgorithmState) -> float:
+    """The clients' learning rate the next round of `state` runs at (read
+    from the state, as `set_round_learning_rate` sets it)."""
+    return learning_rate_of(state.client_work)
 
 
 def learning_rate_of(optimizer_state: Any) -> float:

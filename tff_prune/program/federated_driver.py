@@ -138,11 +138,10 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
             datasets = train_inputs.values(
                 cohort, [client_data.round_seed(config.seed, round_num, i)
                          for i in range(len(cohort))])
-            state = optimizers.set_round_learning_rate(
-                built.process, state, client_lr, round_num)
+            state = optimizers.set_round_learning_rate(state, client_lr, round_num)
             # The rates this round runs at, read from the state it starts from.
-            rates = {"client_learning_rate": optimizers.learning_rate_of(
-                         built.process.get_hparams(state)["client_work"]),
+            # (In Python: no computation ships the state to read a scalar.)
+            rates = {"client_learning_rate": optimizers.client_learning_rate(state),
                      "server_learning_rate": optimizers.learning_rate_of(
                          state.finalizer["optimizer"])}
             if rounds is None:
