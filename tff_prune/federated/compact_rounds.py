@@ -264,6 +264,9 @@ class CompactRounds:
         self._stripped = built.task.build_model()
         self._architectures: dict[Hashable, CompactArchitecture] = {}
         self._plans: dict[str, tuple[Optional[CompactPlan], bool]] = {}
+        # The weights whose masks were hashed last, and their digest: a round
+        # asks for its plan several times with the same state.
+        self._hashed: tuple[Any, str] = (None, "")
         self._indexes: dict[Hashable, tuple] = {}
 
     # ----------------------------------------------------------------- plans
@@ -285,7 +288,11 @@ class CompactRounds:
         index = self.built.index
         weights = state.global_model_weights
         masks = [np.asarray(weights.non_trainable[i]) for i in index.mask_index]
-        digest = hashlib.sha256(b"".join(m.tobytes() for m in masks)).hexdigest()
+        if self._hashed[0] is weights:
+            digest = self._hashed[1]
+        else:
+            digest = hashlib.sha256(b"".join(m.tobytes() for m in masks)).hexdigest()
+            self._hashed = (weights, digest)  # held: its id is not reused meanwhile
         if digest not in self._plans:
             plan = None
             pruned = any(np.any(m == 0) for m in masks)
