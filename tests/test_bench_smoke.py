@@ -191,3 +191,29 @@ def test_findings_merge_judges_side_by_side_benches_as_one(tmp_path):
     assert row["seeds"] == [0, 1] and row["arm_values"] == [0.52, 0.60]
     assert row["ratio"] == pytest.approx(0.56 / 0.495)
     assert row["verdict"] == "does not hold"
+
+
+def test_step_profile_puts_each_ops_time_on_its_layer():
+    # The profile of a real step: a wide layer and a narrow one, forward and
+    # gradient ops; the wide one (64x more FLOPs) must get the most time.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from bench import step_profile  # pylint: disable=import-outside-toplevel
+
+    inputs = tf.keras.Input(shape=(256,))
+    wide = tf.keras.layers.Dense(2048, name="wide")(inputs)
+    outputs = tf.keras.layers.Dense(32, name="narrow")(wide)
+    model = tf.keras.Model(inputs, outputs)
+
+    @tf.function
+    def step(batch):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(model(batch)))
+        return tape.gradient(loss, model.trainable_weights)[0]
+
+    batch = tf.random.normal([512, 256])
+    step(batch)
+    per_layer = step_profile.profile(step, batch, steps=2)
+    assert per_layer["wide"] > per_layer["narrow"] > 0
+    assert step_profile.layer_of("gradient_tape/conformer_ctc/prune_low_magnitude_block3_ff1_in/"
+                                 "Tensordot/MatMul") == "blockN_ff1_in"

@@ -323,27 +323,40 @@ class UnevenDotProductAttention(tf.keras.layers.Layer):
         self.v_dims = tuple(int(d) for d in v_dims)
         self.scale_dim = int(scale_dim)
 
+    @staticmethod
+    def _padded_heads(x, dims: tuple[int, ...]):
+        """[B, T, sum(dims)] -> [B, H, T, max(dims)]: each head's slice, padded
+        with exact zeros to the widest head (a zero dimension adds 0 to every
+        score, and a zero value column only fills the padding of the result)."""
+        width = max(dims)
+        heads = tf.split(x, dims, axis=-1) if len(dims) > 1 else [x]
+        return tf.stack([tf.pad(h, [[0, 0], [0, 0], [0, width - d]]) if d < width else h
+                         for h, d in zip(heads, dims)], axis=1)
+
     def call(self, inputs):
+        # All heads in one batched pair of matmuls and one softmax, as in the
+        # dense layer. Measured 2026-12-06 (`medium`, batch 8, forward and
+        # backward of one block's core): 3.1 ms at 50% column sparsity and
+        # 2.2 ms at 75%, against 3.0 and 1.9 ms for a per-head loop and 2.6 ms
+        # dense; the whole step did not move. Kept for its smaller graph (259
+        # ops against 315, 4 heads), which every trace pays for.
         query, key, value, mask = inputs
-        q_heads = tf.split(query, self.qk_dims, axis=-1) if sum(self.qk_dims) else None
-        k_heads = tf.split(key, self.qk_dims, axis=-1) if sum(self.qk_dims) else None
-        v_heads = tf.split(value, self.v_dims, axis=-1) if sum(self.v_dims) else None
         batch, length = tf.shape(query)[0], tf.shape(query)[1]
-        key_mask = tf.cast(mask, query.dtype)[:, tf.newaxis, :]  # [B, 1, T]
-        contexts = []
-        for h, (dqk, dv) in enumerate(zip(self.qk_dims, self.v_dims)):
-            if dv == 0:
-                continue
-            if dqk:
-                scores = tf.matmul(q_heads[h], k_heads[h], transpose_b=True)
-                scores /= math.sqrt(self.scale_dim)
-            else:
-                scores = tf.zeros([batch, length, length], query.dtype)
-            scores += (1.0 - key_mask) * tf.cast(-1e9, scores.dtype)
-            contexts.append(tf.matmul(tf.nn.softmax(scores, axis=-1), v_heads[h]))
-        if not contexts:
+        if not sum(self.v_dims):
             return tf.zeros([batch, length, 0], query.dtype)
-        return tf.concat(contexts, axis=-1) if len(contexts) > 1 else contexts[0]
+        num_heads = len(self.qk_dims)
+        if sum(self.qk_dims):
+            q = self._padded_heads(query, self.qk_dims)
+            k = self._padded_heads(key, self.qk_dims)
+            scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.scale_dim)
+        else:
+            scores = tf.zeros([batch, num_heads, length, length], query.dtype)
+        key_mask = tf.cast(mask, query.dtype)[:, tf.newaxis, tf.newaxis, :]  # [B, 1, 1, T]
+        scores += (1.0 - key_mask) * tf.cast(-1e9, scores.dtype)
+        context = tf.matmul(tf.nn.softmax(scores, axis=-1),
+                            self._padded_heads(value, self.v_dims))  # [B, H, T, max(v)]
+        kept = [context[:, h, :, :d] for h, d in enumerate(self.v_dims) if d]
+        return tf.concat(kept, axis=-1) if len(kept) > 1 else kept[0]
 
     def get_config(self):
         return {**super().get_config(), "qk_dims": list(self.qk_dims),
