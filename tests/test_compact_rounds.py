@@ -106,12 +106,18 @@ def test_scattered_compact_delta_is_the_masked_delta_exactly(micro_task, switche
         scattered = compact_rounds.scatter_sent_delta(
             [tf.constant(d) for d in compact_update.update["delta"]], plan.tensors(),
             arch.index.kernel_index, source, shapes)
-        assert max(float(np.max(np.abs(d))) for d in delta) > 1e-2
-        # Equal up to float32 summation order: the compact matmuls add fewer
-        # (zero) terms, so large entries (|d| ~ 17 in the first conv) differ
-        # in the last bits; a wrong gather or scatter differs by O(|d|).
+        largest = max(float(np.max(np.abs(d))) for d in delta)
+        assert largest > 1e-2
         for a, b in zip(scattered, delta):
-            np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5)
+            a = np.asarray(a)
+            # Exactly the same coordinates trained (placement is exact) ...
+            np.testing.assert_array_equal(a != 0, b != 0)
+            # ... to the same values up to float32 summation order: the
+            # compact matmuls add fewer (zero) terms, so entries differ by
+            # rounding relative to the update's largest sums (|d| up to ~230
+            # here; the q/k kernels, |d| ~ 0.01, move by ~1.5e-5); a wrong
+            # gather or scatter differs by the entries themselves.
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * largest)
         assert compact_update.update_weight == masked_update.update_weight
 
 
