@@ -146,6 +146,7 @@ def test_overwrite_with_a_bad_corpus_deletes_nothing(tmp_path, capsys):
     (["--target_sparsity=1.2"], ["target_sparsity"]),
     (["--pruning=m_by_n", "--target_sparsity=0.7"], ["m_by_n", "0.5"]),
     (["--corpus_dir=/nonexistent/librispeech"], ["/nonexistent/librispeech", "does not exist"]),
+    (["--worker_concurrency=-2"], ["--worker_concurrency", ">= -1", "-2"]),
 ])
 def test_bad_flags_fail_with_one_line(tmp_path, args, needles, capsys):
     result = _run_here(capsys, [*args, *_caches(tmp_path), f"--root_output_dir={tmp_path}"])

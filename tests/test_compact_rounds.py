@@ -5,6 +5,10 @@ the tests read the compact round's own parts: the model clients receive, the
 deltas they send, and the server's scatter of them into its dense state.
 """
 
+import gc
+import types
+import weakref
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +16,7 @@ import tensorflow_federated as tff
 
 from tasks.asr import compaction
 from tasks.asr import text
+from tff_prune.federated import client_data
 from tff_prune.federated import client_model
 from tff_prune.federated import compact_rounds
 from tff_prune.federated import process as process_lib
@@ -145,10 +150,13 @@ def test_compact_round_moves_fewer_bytes_and_trains(micro_task, switched):
     assert any(np.any(a != b) for a, b in zip(after, before))
 
 
+def _flat(value) -> list:
+    return tf.nest.flatten(tff.structure.to_odict_or_tuple(value)
+                           if isinstance(value, tff.structure.Struct) else value)
+
+
 def _nbytes(value) -> int:
-    return sum(np.asarray(t).nbytes for t in tf.nest.flatten(
-        tff.structure.to_odict_or_tuple(value) if isinstance(value, tff.structure.Struct)
-        else value))
+    return sum(np.asarray(t).nbytes for t in _flat(value))
 
 
 def test_reported_bytes_are_the_bytes_of_the_values_that_cross_the_wire(micro_task, switched):
@@ -210,3 +218,60 @@ def test_clients_score_only_before_mask_updates_and_training_is_unchanged(
     masks = [np.asarray(ours.global_model_weights.non_trainable[i])
              for i in built.index.mask_index]
     assert any(np.any(m == 0) for m in masks)  # the update round pruned
+
+
+def _with_more_columns_pruned(state, built, layer: str, count: int):
+    """`state`'s weights with `count` more kept columns of `layer`'s kernel
+    masked (other widths, so another compact architecture)."""
+    weights = state.global_model_weights
+    non_trainable = [np.array(t) for t in weights.non_trainable]
+    for k, kernel_pos in enumerate(built.index.kernel_index):
+        if built.index.trainable_keys[kernel_pos].startswith(layer + "/"):
+            mask = non_trainable[built.index.mask_index[k]]
+            kept = np.flatnonzero(mask.any(axis=0))
+            mask[:, kept[:count]] = 0
+            break
+    else:
+        raise AssertionError(f"no kernel of {layer}")
+    # All a plan reads of a state.
+    return types.SimpleNamespace(
+        global_model_weights=weights._replace(non_trainable=non_trainable))
+
+
+def test_only_the_latest_architectures_stay_built(micro_task, switched, tff_runtime):
+    # Every mask update with new widths builds a compact architecture (traced
+    # computations, Keras models, TFF's compiled forms once run). The rounds
+    # keep the latest (KEPT_ARCHITECTURES), and nothing else in the process
+    # keeps an older one alive: not TFF's compile cache, not the client-data
+    # compositions, not the FLOPs accounting.
+    built, rounds, state = switched
+    first = rounds.architecture(rounds.plan(state))
+    first.wire(state.global_model_weights, rounds.plan(state).tensors())  # compiled and cached
+    inputs = client_data.ClientInputs(micro_task, training=True)
+    inputs.compose(first.next)
+    flops = accounting.ClientStepFlops(micro_task, seed=0)
+    assert flops(first.model_fn) > 0
+    held = [weakref.ref(x) for x in (first, first.next, first.wire, first.model_fn)]
+    del first
+    widths = set()
+    for count in (1, 2):
+        plan = rounds.plan(_with_more_columns_pruned(state, built, "block0_ff1_in", count))
+        widths.add(plan.widths)
+        rounds.architecture(plan)
+        assert rounds.kept_architectures <= compact_rounds.KEPT_ARCHITECTURES
+    assert len(widths) == 2
+    gc.collect()
+    assert [ref() for ref in held] == [None] * len(held)
+    live = [o for o in gc.get_objects() if isinstance(o, compact_rounds.CompactArchitecture)]
+    assert len(live) <= compact_rounds.KEPT_ARCHITECTURES
+    assert rounds.kept_architectures == compact_rounds.KEPT_ARCHITECTURES
+    assert rounds.forgotten_architectures >= 1
+    # The worker lets go of what it compiled (its executors are disposed of);
+    # the next call compiles again and computes the same.
+    last = rounds.architecture(plan)
+    before = last.wire(state.global_model_weights, plan.tensors())
+    assert tff_runtime.release_worker_state() >= 1
+    assert tff_runtime.release_worker_state() == 0  # nothing run since
+    after = last.wire(state.global_model_weights, plan.tensors())
+    for a, b in zip(_flat(before), _flat(after), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

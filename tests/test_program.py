@@ -2,6 +2,7 @@
 run): resume equals an uninterrupted run."""
 
 import csv
+import json
 import os
 import signal
 import sys
@@ -15,7 +16,8 @@ from conftest import PausedRun
 from conftest import run_program_here
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIME_COLUMNS = {"round_seconds"}
+# Measurements of the machine, not results: they differ between equal runs.
+TIME_COLUMNS = {"round_seconds", "worker_peak_rss_bytes"}
 
 
 def _args(tiny_corpus_dir, root, name="run", **overrides):
@@ -111,6 +113,16 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
     # after rounds 1, 2 and 3) costs less than the one before.
     flops = [int(r["client_step_flops"]) for r in rows]
     assert flops[-1] > 0 and all(a > b for a, b in zip(flops, flops[1:])), flops
+    # The owned worker's memory: each round's peak so far (never falling),
+    # read before the first compact round for the dense phase, and at the end.
+    with open(ref_dir / "metrics.csv") as f:
+        peaks = [float(r["worker_peak_rss_bytes"]) for r in csv.DictReader(f)]
+    assert peaks[0] > 0 and peaks == sorted(peaks), peaks
+    workers = json.loads((ref_dir / "summary.json").read_text())["workers"]
+    assert workers["concurrency"] == 2 * os.cpu_count()
+    (address, dense_peak), = workers["peak_rss_bytes_dense_phase"].items()
+    assert peaks[0] <= dense_peak <= peaks[1]  # read between rounds 1 and 2
+    assert peaks[-1] <= workers["peak_rss_bytes"][address]
     for name in ("metrics.csv", "eval.csv"):
         expected, got = _csv(ref_dir / name), _csv(run_dir / name)
         assert [r["round"] for r in got] == [r["round"] for r in expected]

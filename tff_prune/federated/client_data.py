@@ -19,6 +19,7 @@ by default.
 from __future__ import annotations
 
 import collections
+import weakref
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -48,7 +49,7 @@ class ClientInputs:
         self.epochs = epochs
         self.source: Optional[base.WorkerDatasets] = (
             task.worker_datasets(training=training) if by_id else None)
-        self._composed: dict[int, tuple[tff.Computation, tff.Computation]] = {}
+        self._composed: dict[int, tff.Computation] = {}
         self.dataset_computation: Optional[tff.Computation] = None
         if self.source is not None:
             dataset_fn = self.source.dataset_fn
@@ -86,9 +87,10 @@ class ClientInputs:
             return computation
         key = id(computation)
         if key not in self._composed:
-            # The computation is kept with its composition, so its id is never reused.
-            self._composed[key] = (computation,
-                                   tff.simulation.compose_dataset_computation_with_computation(
-                                       self.dataset_computation, computation))
-        return self._composed[key][1]
+            self._composed[key] = tff.simulation.compose_dataset_computation_with_computation(
+                self.dataset_computation, computation)
+            # Forgotten with the computation (e.g. a compact architecture's
+            # round, once dropped): its id is reused only after that.
+            weakref.finalize(computation, self._composed.pop, key, None)
+        return self._composed[key]
 

@@ -53,6 +53,7 @@ import tensorflow_federated as tff
 
 from tff_prune.federated import client_model
 from tff_prune.federated import client_work as client_work_lib
+from tff_prune.federated import compiled
 from tff_prune.federated import finalizer as finalizer_lib
 from tff_prune.model import wrappers
 from tff_prune.pruning import config as config_lib
@@ -60,6 +61,13 @@ from tff_prune.task import base
 
 # Float32 holds every integer up to 2**24 exactly: the index model's limit.
 _MAX_INDEXED_PARAMS = 2 ** 24
+#: Compact architectures kept built: the current one. Each holds traced
+#: computations, Keras models and, once run, TFF's compiled forms (in this
+#: process and in the workers); a run builds one per mask update, so keeping
+#: them all grows memory with every update. Masks seldom return to an
+#: earlier architecture (every layer's width the same), which would be
+#: built again.
+KEPT_ARCHITECTURES = 1
 
 
 # A task's compaction (`FederatedTask.compactor()`), which the export uses too.
@@ -262,18 +270,25 @@ class CompactRounds:
         # the rounds between them are compact even before anything is pruned.
         self.scores = client_work_lib.needs_dense_values(built.pruning)
         self._stripped = built.task.build_model()
-        self._architectures: dict[Hashable, CompactArchitecture] = {}
+        # The latest architectures only (see `KEPT_ARCHITECTURES`), oldest first.
+        self._architectures: collections.OrderedDict[Hashable, CompactArchitecture] = \
+            collections.OrderedDict()
         self._plans: dict[str, tuple[Optional[CompactPlan], bool]] = {}
         # The weights whose masks were hashed last, and their digest: a round
         # asks for its plan several times with the same state.
         self._hashed: tuple[Any, str] = (None, "")
-        self._indexes: dict[Hashable, tuple] = {}
+        self._indexes: collections.OrderedDict[Hashable, tuple] = collections.OrderedDict()
+        #: Architectures built and then dropped (what holds their compiled
+        #: forms elsewhere, e.g. TFF workers, may release them too).
+        self.forgotten_architectures = 0
 
     # ----------------------------------------------------------------- plans
 
     def _wrapped(self, widths: Hashable) -> tuple[Callable[[], tf.keras.Model],
                                                  wrappers.PrunableWeightIndex, tf.keras.Model]:
-        if widths not in self._indexes:
+        if widths in self._indexes:
+            self._indexes.move_to_end(widths)
+        else:
             prunable = self.built.prunable_layers
             compact = self.compactor.build(widths)
 
@@ -282,6 +297,8 @@ class CompactRounds:
                 return wrappers.wrap_for_pruning(compact, prunable)
             model = model_fn()
             self._indexes[widths] = (model_fn, wrappers.index_prunable_weights(model), model)
+            while len(self._indexes) > KEPT_ARCHITECTURES:
+                self._indexes.popitem(last=False)
         return self._indexes[widths]
 
     def _plan_and_pruned(self, state) -> tuple[Optional[CompactPlan], bool]:
@@ -328,11 +345,26 @@ class CompactRounds:
     # ----------------------------------------------------------------- rounds
 
     def architecture(self, plan: CompactPlan) -> CompactArchitecture:
-        """The round computation of `plan`'s architecture (built once)."""
+        """The round computation of `plan`'s architecture: built once while
+        it is one of the `KEPT_ARCHITECTURES` latest, then forgotten."""
         key = plan.architecture
-        if key not in self._architectures:
-            self._architectures[key] = self._build(plan)
-        return self._architectures[key]
+        if key in self._architectures:
+            self._architectures.move_to_end(key)
+            return self._architectures[key]
+        architecture = self._architectures[key] = self._build(plan)
+        if len(self._architectures) > KEPT_ARCHITECTURES:
+            while len(self._architectures) > KEPT_ARCHITECTURES:
+                self._architectures.popitem(last=False)
+                self.forgotten_architectures += 1
+            # TFF's compile cache holds every computation it ran, the
+            # forgotten architecture's among them; the kept ones recompile.
+            compiled.forget_compiled_computations()
+        return architecture
+
+    @property
+    def kept_architectures(self) -> int:
+        """How many compact architectures this holds built."""
+        return len(self._architectures)
 
     def _build(self, plan: CompactPlan) -> CompactArchitecture:
         built = self.built

@@ -6,6 +6,7 @@ state, the TFF types of the round computations, TF's profiler on one step.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -64,7 +65,8 @@ class ClientStepFlops:
         self._batch = next(iter(task.client_dataset(task.train_client_ids[0],
                                                     training=True, seed=seed)))
         self._task = task
-        self._flops: dict[Callable, int] = {}
+        # Weak: a forgotten architecture's model function is not kept for this.
+        self._flops: weakref.WeakKeyDictionary[Callable, int] = weakref.WeakKeyDictionary()
 
     def __call__(self, model_fn: Callable[[], tf.keras.Model]) -> int:
         if model_fn not in self._flops:

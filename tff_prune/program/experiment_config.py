@@ -54,6 +54,9 @@ class FederatedConfig:
     local_workers: int = 1
     datasets_on_workers: bool = True
     worker_lost_after_s: float = 20.0
+    # Client computations an owned worker runs at once: 0 = two per CPU core
+    # of this machine, -1 = no limit (TFF's default: a whole cohort at once).
+    worker_concurrency: int = 0
 
     def __post_init__(self):
         for name in ("total_rounds", "clients_per_round", "client_epochs",
@@ -67,6 +70,9 @@ class FederatedConfig:
         for name in ("client_learning_rate", "server_learning_rate"):
             if not getattr(self, name) > 0:
                 raise config_lib.ConfigError(f"--{name} must be > 0")
+        if self.worker_concurrency < -1:
+            raise config_lib.ConfigError(
+                f"--worker_concurrency must be >= -1, not {self.worker_concurrency}")
         if not self.worker_lost_after_s > 0:
             raise config_lib.ConfigError(
                 f"--worker_lost_after_s must be > 0, not {self.worker_lost_after_s}")

@@ -101,6 +101,9 @@ flags.DEFINE_string("workers", "",
                     "empty: --local_workers owned local workers.")
 flags.DEFINE_integer("local_workers", 1,
                      "Owned local TFF workers the cohort is split across (without --workers).")
+flags.DEFINE_integer("worker_concurrency", 0,
+                     "Computations each owned local worker runs at once (a cohort's "
+                     "clients queue for them): 0 = two per CPU core, -1 = no limit.")
 flags.DEFINE_float("worker_lost_after_s", 20.0,
                    "A --workers worker unavailable this long (TFF retrying) ends the "
                    "run with an error; the last checkpoint stays and a rerun resumes.")
@@ -206,7 +209,8 @@ def experiment_config_from_flags() -> experiment_config.ExperimentConfig:
             eval_every_rounds=FLAGS.eval_every_rounds, client_model=FLAGS.client_model,
             workers=workers, local_workers=FLAGS.local_workers,
             datasets_on_workers=FLAGS.datasets_on_workers,
-            worker_lost_after_s=FLAGS.worker_lost_after_s),
+            worker_lost_after_s=FLAGS.worker_lost_after_s,
+            worker_concurrency=FLAGS.worker_concurrency),
         centralized=training.CentralizedConfig(
             epochs=FLAGS.centralized_epochs, learning_rate=FLAGS.learning_rate,
             eval_every_epochs=FLAGS.eval_every_epochs, seed=FLAGS.seed),

@@ -36,6 +36,25 @@ def _scalar(x) -> Any:
     return np.asarray(x).item()
 
 
+def _largest(peak_rss_by_worker: dict) -> float:
+    """The largest owned worker's peak RSS in bytes; NaN without owned workers."""
+    known = [v for v in peak_rss_by_worker.values() if v is not None]
+    return float(max(known)) if known else float("nan")
+
+
+def worker_concurrency(flag_value: int) -> int:
+    """The concurrent computations an owned worker is started with.
+
+    0 (the default) is two per CPU core. In 14-round runs of the default
+    experiment on a 2-core machine (docs/results.md, "How many clients a
+    worker runs at once"), one per core held 0.61x the worker's peak memory
+    of no limit but made full-size rounds slower (16.7 s against 12.7 s);
+    two per core held 0.69x with round times within noise. -1 is TFF's no
+    limit: a whole cohort at once, one TensorFlow session each.
+    """
+    return 2 * (os.cpu_count() or 1) if flag_value == 0 else flag_value
+
+
 def cohort_for_round(client_ids, clients_per_round: int, seed: int,
                      round_num: int) -> list[str]:
     """Clients of a round: a pure function of (seed, round), so a resumed run
@@ -115,10 +134,17 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
     dense_bytes = accounting.dense_bytes_per_client(built.index)
     step_flops = accounting.ClientStepFlops(task, config.seed)
     client_lr = fed.lr_schedule("client")
+    concurrency = worker_concurrency(fed.worker_concurrency)
+    # The owned workers' peak memory before the first compact round of this
+    # process: what the compact phase's growth is judged against.
+    dense_phase_peak_rss: dict = {}
+    trained_full_size = False
+    forgotten = 0  # compact architectures whose worker state was released
     with runtime.federated_runtime(
             workers=fed.workers, num_local_workers=fed.local_workers,
             log_dir=os.path.join(out, "logs"),
             remote_lost_after_s=fed.worker_lost_after_s,
+            max_concurrent_computation_calls=concurrency,
             worker_cwd=train_inputs.worker_root or test_inputs.worker_root) as rt:
         initial_state = built.process.initialize()
         state, done = checkpoints.load_latest_readable_checkpoint(
@@ -154,8 +180,16 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
                 round_client_work = rounds.client_work_for(state)
                 round_client_model = rounds.client_model_for(state)
                 round_model_fn = rounds.model_fn_for(state)
+                if rounds.forgotten_architectures > forgotten:
+                    # The workers still hold the forgotten architectures'
+                    # compiled rounds; the kept computations compile again.
+                    rt.release_worker_state()
+                    forgotten = rounds.forgotten_architectures
+                if round_client_model == "compact" and trained_full_size and not dense_phase_peak_rss:
+                    dense_phase_peak_rss = rt.worker_peak_rss_bytes()
                 output = rounds.next(state, datasets)
             round_seconds = time.monotonic() - round_start
+            trained_full_size |= round_client_model != "compact"
             bytes_down, bytes_up = accounting.round_wire_bytes(round_client_work)
             train = output.metrics["client_work"]["train"]
             train_loss = _scalar(train["loss_sum"]) / max(_scalar(train["num_examples"]), 1)
@@ -186,6 +220,7 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
                 "client_step_flops": step_flops(round_model_fn),
                 **rates,
                 "round_seconds": round_seconds,
+                "worker_peak_rss_bytes": _largest(rt.worker_peak_rss_bytes()),
             }
             writers.write_train(row, round_num)
             last = round_num == fed.total_rounds
@@ -214,6 +249,8 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
                    "remote": bool(fed.workers),
                    "owned_pids": rt.worker_pids,
                    "client_data": "ids" if train_inputs.by_id else "datasets",
+                   "concurrency": None if fed.workers else concurrency,
+                   "peak_rss_bytes_dense_phase": dense_phase_peak_rss or None,
                    "computations": rt.rpc_counts()}
     workers["peak_rss_bytes"] = rt.worker_peak_rss_bytes()  # read as each owned worker stopped
     model_dir = final_model.save_final_model(

@@ -22,7 +22,7 @@ TRAIN_COLUMNS = ("phase", "client_model", "train_loss", "num_examples", "sparsit
                  "masks_updated", "mask_change_fraction", "vote_agreement",
                  "bytes_down_per_client", "bytes_up_per_client", "dense_bytes_per_client",
                  "client_step_flops", "client_learning_rate", "server_learning_rate",
-                 "round_seconds")
+                 "round_seconds", "worker_peak_rss_bytes")
 # metrics.csv of a centralized run, after the key column "epoch".
 CENTRALIZED_TRAIN_COLUMNS = ("train_loss", "sparsity", "epoch_seconds", "elapsed_seconds")
 # TensorBoard takes numbers only.

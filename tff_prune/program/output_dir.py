@@ -30,7 +30,7 @@ NON_RESULT_KEYS = frozenset({
     "federated.eval_every_rounds", "centralized.eval_every_epochs",
     "task.corpus.strict", "task.corpus.cache_dir", "task.corpus.feature_cache_dir",
     "federated.workers", "federated.local_workers", "federated.datasets_on_workers",
-    "federated.worker_lost_after_s",
+    "federated.worker_lost_after_s", "federated.worker_concurrency",
 })
 # Federated rounds only add to a run: a larger value continues it.
 EXTENDABLE_KEY = "federated.total_rounds"

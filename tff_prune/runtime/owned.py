@@ -461,14 +461,37 @@ def check_reachable(addresses: Sequence[str],
             worker.stop()
 
 
-def _executor_factory(worker: Worker, default_num_clients: int):
-    def executor_stack(cardinalities):
-        if cardinalities.get(tff.CLIENTS) is None:
-            cardinalities[tff.CLIENTS] = default_num_clients
-        executor = tff.framework.RemoteExecutor(worker.stub)
-        executor.set_cardinalities(cardinalities)
-        return executor
-    return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=executor_stack)
+class _WorkerExecutors:
+    """TFF's executor factory for one worker (one remote executor per set of
+    placement cardinalities), and the means to release them all.
+
+    A worker keeps, per executor, every computation it was sent, compiled,
+    with its TensorFlow sessions (up to the worker's concurrency each), and
+    frees them only when the executor is disposed of. Without `release`
+    that is never: a run that trains a new compact architecture after each
+    mask update would hold all of them until it ends.
+    """
+
+    def __init__(self, worker: Worker, default_num_clients: int):
+        self._created: list[dict] = []
+
+        def executor_stack(cardinalities):
+            self._created.append(dict(cardinalities))  # the factory's key
+            if cardinalities.get(tff.CLIENTS) is None:
+                cardinalities[tff.CLIENTS] = default_num_clients
+            executor = tff.framework.RemoteExecutor(worker.stub)
+            executor.set_cardinalities(cardinalities)
+            return executor
+        self.factory = tff.framework.ResourceManagingExecutorFactory(
+            executor_stack_fn=executor_stack)
+
+    def release(self) -> int:
+        """Disposes of every executor on the worker (between computations
+        only); the next computation gets a fresh one. Returns how many."""
+        created, self._created = self._created, []
+        for cardinalities in created:
+            self.factory.clean_up_executor(cardinalities)
+        return len(created)
 
 
 _CONTEXT_ARGS = dict(
@@ -489,15 +512,20 @@ class LocalRuntime:
 
     def __init__(self, workers: Sequence[Worker], default_num_clients: int):
         self.workers = list(workers)
+        self._executors = [_WorkerExecutors(w, default_num_clients) for w in self.workers]
         if len(self.workers) == 1:
             self.context = tff.framework.SyncExecutionContext(
-                executor_fn=_executor_factory(self.workers[0], default_num_clients),
-                **_CONTEXT_ARGS)
+                executor_fn=self._executors[0].factory, **_CONTEXT_ARGS)
         else:
             self.context = tff.backends.native.create_mergeable_comp_execution_context([
-                tff.framework.AsyncExecutionContext(
-                    executor_fn=_executor_factory(w, default_num_clients), **_CONTEXT_ARGS)
-                for w in self.workers])
+                tff.framework.AsyncExecutionContext(executor_fn=e.factory, **_CONTEXT_ARGS)
+                for e in self._executors])
+
+    def release_worker_state(self) -> int:
+        """Makes every worker free the computations it compiled so far (their
+        executors are disposed of; later calls compile again). Call between
+        computations. Returns the number of executors released."""
+        return sum(e.release() for e in self._executors)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -509,8 +537,11 @@ class LocalRuntime:
         return {w.address: w.rpc_counts["compute"] for w in self.workers}
 
     def worker_peak_rss_bytes(self) -> dict[str, Optional[int]]:
-        """Each owned worker's peak resident memory, by address (after stop)."""
-        return {w.address: w.peak_rss_bytes for w in self.workers}
+        """Each owned worker's peak resident memory so far, by address (read
+        at stop once stopped; None for remote workers)."""
+        return {w.address: (w.peak_rss_bytes if w.stopped else process_peak_rss_bytes(w.pid))
+                if isinstance(w, WorkerProcess) else None
+                for w in self.workers}
 
 
 def _raise_terminated(signum, frame):  # pylint: disable=unused-argument
