@@ -17,8 +17,3 @@ def forget_compiled_computations() -> None:
     use are compiled again on their next call; those nothing else holds are
     freed."""
     compiler_pipeline.CompilerPipeline.compile.cache_clear()
-
-
-def compiled_computation_count() -> int:
-    """How many compiled computations TFF holds (all contexts)."""
-    return compiler_pipeline.CompilerPipeline.compile.cache_info().currsize
