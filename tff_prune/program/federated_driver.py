@@ -187,6 +187,10 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
                     forgotten = rounds.forgotten_architectures
                 if round_client_model == "compact" and trained_full_size and not dense_phase_peak_rss:
                     dense_phase_peak_rss = rt.worker_peak_rss_bytes()
+                    # The full-size phase ends: its round computation (needed
+                    # again only on rounds whose clients score) need not stay
+                    # compiled beside the compact one.
+                    rt.release_worker_state()
                 output = rounds.next(state, datasets)
             round_seconds = time.monotonic() - round_start
             trained_full_size |= round_client_model != "compact"
