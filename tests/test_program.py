@@ -75,7 +75,11 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
     run_dir = root / "run"
     args = _args(tiny_corpus_dir, root, checkpoint_every_rounds=1, **OPTIMIZATION)
     paused = PausedRun(args, 1, tmp_path)
-    os.kill(_worker_pid(paused.proc), signal.SIGKILL)
+    worker = _worker_pid(paused.proc)
+    # The worker runs two client computations per core (--worker_concurrency=0).
+    assert (f"--max_concurrent_computation_calls={2 * os.cpu_count()}"
+            in psutil.Process(worker).cmdline())
+    os.kill(worker, signal.SIGKILL)
     assert paused.resume_and_wait() == 3, paused.stderr()[-3000:]
     err = paused.stderr()
     lines = [l for l in err.splitlines() if l.startswith("run_experiment.py:")]

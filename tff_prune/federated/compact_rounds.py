@@ -352,10 +352,9 @@ class CompactRounds:
             self._architectures.move_to_end(key)
             return self._architectures[key]
         architecture = self._architectures[key] = self._build(plan)
-        if len(self._architectures) > KEPT_ARCHITECTURES:
-            while len(self._architectures) > KEPT_ARCHITECTURES:
-                self._architectures.popitem(last=False)
-                self.forgotten_architectures += 1
+        if len(self._architectures) > KEPT_ARCHITECTURES:  # one added at a time
+            self._architectures.popitem(last=False)
+            self.forgotten_architectures += 1
             # TFF's compile cache holds every computation it ran, the
             # forgotten architecture's among them; the kept ones recompile.
             compiled.forget_compiled_computations()

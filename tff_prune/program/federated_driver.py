@@ -180,17 +180,17 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
                 round_client_work = rounds.client_work_for(state)
                 round_client_model = rounds.client_model_for(state)
                 round_model_fn = rounds.model_fn_for(state)
-                if rounds.forgotten_architectures > forgotten:
-                    # The workers still hold the forgotten architectures'
-                    # compiled rounds; the kept computations compile again.
+                dense_phase_ends = (round_client_model == "compact" and trained_full_size
+                                    and not dense_phase_peak_rss)
+                if dense_phase_ends:
+                    dense_phase_peak_rss = rt.worker_peak_rss_bytes()
+                # The workers still hold what this process forgot: an older
+                # architecture's round, or the full-size round at the end of
+                # its phase (needed again only on rounds whose clients score).
+                # The kept computations compile again.
+                if dense_phase_ends or rounds.forgotten_architectures > forgotten:
                     rt.release_worker_state()
                     forgotten = rounds.forgotten_architectures
-                if round_client_model == "compact" and trained_full_size and not dense_phase_peak_rss:
-                    dense_phase_peak_rss = rt.worker_peak_rss_bytes()
-                    # The full-size phase ends: its round computation (needed
-                    # again only on rounds whose clients score) need not stay
-                    # compiled beside the compact one.
-                    rt.release_worker_state()
                 output = rounds.next(state, datasets)
             round_seconds = time.monotonic() - round_start
             trained_full_size |= round_client_model != "compact"
