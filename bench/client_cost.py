@@ -12,8 +12,8 @@ Measures the model a client actually trains:
 
 Masks come from one magnitude decision at ``--sparsity`` (column structure,
 uniform), as in `bench.export_sizes`; training values do not change sizes.
-FLOPs: `tff_prune.model.client_cost.training_step_flops` (TensorFlow's profiler
-on the graph of one training step) on a real batch of one client. Peak memory: this
+FLOPs: `tff_prune.model.client_cost.training_step_flops` (TensorFlow's FLOPs
+statistics on the graph of one training step) on a real batch of one client. Peak memory: this
 process's peak RSS (``VmHWM``) after ``--steps`` local Adam steps, and
 its growth over the RSS before the first step (model built, data ready), so
 that it runs alone in its own process (`bench.round_costs` starts one per

@@ -1,7 +1,8 @@
 """What a run costs and leaves: sparsity, model sizes, bytes per client, FLOPs.
 
 Every number is read from the real thing: masks and weights of the server
-state, the TFF types of the round computations, TF's profiler on one step.
+state, the TFF types of the round computations, TF's registered FLOPs of one
+step's graph.
 """
 
 from __future__ import annotations
