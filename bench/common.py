@@ -64,6 +64,9 @@ class Variant:
         self.sparsity, self.model_kind = sparsity, model_kind
         self.seconds: list[float] = []
         self.error: Optional[str] = None
+        # The examples its clients trained on in its last round, where its
+        # step reads them from the round's metrics.
+        self.examples: Optional[int] = None
 
     def run(self, data) -> float:
         start = time.perf_counter()

@@ -1,6 +1,6 @@
 """What a federated round costs, side by side: compact and sparse rounds vs dense.
 
-  python -m bench.round_costs [--model_size=small] [--quick]
+  python -m bench.round_costs [--model_size=small] [--quick | --floor_only]
 
 In one process, with one cohort (the first `--clients` training speakers,
 `--client_epochs` local epochs, batch 8, client Adam 3e-3), it builds:
@@ -12,7 +12,11 @@ In one process, with one cohort (the first `--clients` training speakers,
 * compact payoff: structured column pruning at 50% and 75% in compact rounds
   and in masked rounds (full-size model, sparse wire), against dense;
 * sparse communication: unstructured pruning at 50/80/90% (masked rounds,
-  sparse wire).
+  sparse wire);
+* the orchestration floor: the dense round and the compact 50% round again
+  (their own states), every client with an empty dataset: all a round costs
+  besides the clients' arithmetic (TFF's calls, the wire, aggregation, the
+  server update, our Python). `--floor_only` runs just these four.
 
 Pruned variants reach their masks in round 1 (constant schedule) and keep
 them; a second untimed round compiles their compact or sparse computation.
@@ -62,6 +66,9 @@ PRUNED = (
     ("unstructured 90%", "unstructured", 0.9, "masked", 0.15),
 )
 QUICK = ("compact, column 50%",)
+# The pruned variant whose round is also measured with empty client datasets.
+FLOOR_OF = "compact, column 50%"
+FLOOR = "floor: "  # name prefix of a variant whose clients have no data
 GOALS = {  # the issue's goals, vs dense (round time, FLOPs) at each sparsity
     "compact, column 50%": {"round": 0.7, "flops": 0.65},
     "compact, column 75%": {"round": 0.45},
@@ -77,16 +84,27 @@ def _pruning(scheme: str, sparsity: float) -> config_lib.PruningConfig:
                                      end_round=1, every_rounds=1, refine_rounds=0)))
 
 
-def _process_variant(name, built, rounds, sparsity, kind, data):
-    state = {"s": built.process.initialize()}
+def _process_variant(name, built, rounds, sparsity, kind, data, empty=False):
+    """A variant running `built` (in `rounds` when given) from its own state;
+    `empty`: after round 1, every client gets an empty dataset instead of its
+    data (round 1 trains, so that the masks, hence the compact architecture,
+    are the variant's with data)."""
+    state = {"s": built.process.initialize(), "empty": False}
+    runner = rounds.next if rounds is not None else built.process.next
 
     def step(d):
-        runner = rounds.next if rounds is not None else built.process.next
-        state["s"] = runner(state["s"], d).state
+        if state["empty"]:
+            d = [dataset.take(0) for dataset in d]
+        output = runner(state["s"], d)
+        state["s"] = output.state
+        # What the clients trained on (read from the round's own metrics).
+        variant.examples = int(output.metrics["client_work"]["train"]["num_examples"])
 
-    variant = Variant(name, step, sparsity=sparsity, model_kind=kind)
+    variant = Variant((FLOOR + name) if empty else name, step, sparsity=sparsity,
+                      model_kind=kind)
     for _ in range(2):  # round 1 sets the masks; round 2 compiles the pruned round
         variant.run(data)
+        state["empty"] = empty
     variant.client_work = (rounds.client_work_for(state["s"]) if rounds is not None
                            else built.client_work)
     return variant
@@ -161,14 +179,16 @@ def run(args) -> dict:
     data = common.cohort_data(task, args.clients, args.client_epochs)
     compactor = compaction.ConformerCompactor(task.model_config, text.VOCAB_SIZE)
     pruned = ([] if args.orchestration_only else
-              [p for p in PRUNED if not args.quick or p[0] in QUICK])
+              [p for p in PRUNED if not (args.quick or args.floor_only) or p[0] in QUICK])
     with runtime.local_runtime(log_dir=os.path.join(args.work_dir, "logs")):
         dense_built = process_lib.build_federated_pruning_process(
             task, config_lib.PruningConfig(scheme="none"), _optimizer(),
             tff.learning.optimizers.build_sgdm(1.0))
         variants = [_process_variant("dense (ours, --pruning=none)", dense_built, None,
                                      0.0, "dense", data)]
-        if not args.quick:
+        floors = [_process_variant(variants[0].name, dense_built, None, 0.0, "dense", data,
+                                   empty=True)]
+        if not (args.quick or args.floor_only):
             variants += [_fed_avg_variant(task, data), _plain_loop_variant(task, data)]
         for name, scheme, sparsity, client_model, _ in pruned:
             built = process_lib.build_federated_pruning_process(
@@ -179,6 +199,10 @@ def run(args) -> dict:
                 else compact_rounds.FullSizeModel(task.build_model))
             variants.append(_process_variant(name, built, rounds, sparsity,
                                              client_model, data))
+            if name == FLOOR_OF:
+                floors.append(_process_variant(name, built, rounds, sparsity,
+                                               client_model, data, empty=True))
+        variants += floors
         common.time_round_robin(variants, data, args.repeats)
     rows = []
     dense = variants[0]
@@ -187,12 +211,14 @@ def run(args) -> dict:
     for variant in variants:
         row = {"variant": variant.name,
                "round_seconds_median": float(np.median(variant.seconds)),
-               "round_vs_dense": float(np.median(variant.seconds) / np.median(dense.seconds))}
+               "round_vs_dense": float(np.median(variant.seconds) / np.median(dense.seconds)),
+               "examples_per_round": variant.examples}
         if variant.client_work is not None:
             down, up = accounting.round_wire_bytes(variant.client_work)
             row.update(bytes_down=down, bytes_up=up, down_vs_dense=down / dense_down,
                        up_vs_dense=up / dense_up)
-        if variant.client_work is not None and not args.skip_client_cost:
+        if (variant.client_work is not None and not args.skip_client_cost
+                and not variant.name.startswith(FLOOR)):
             key = (variant.model_kind, variant.sparsity)
             if key not in costs:
                 costs[key] = client_cost(args.model_size, variant.model_kind,
@@ -227,21 +253,35 @@ def markdown(result: dict) -> str:
         "training step on a real batch (TF profiler). Peak RSS: one client's local training "
         "alone in its own process (`bench.client_cost`; TF itself is most of it).",
         "",
-        "| variant | round s | round vs dense | bytes down | bytes up | down vs dense "
-        "| up vs dense | params | step GFLOPs | FLOPs vs dense | peak RSS MiB | RSS vs dense |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | client examples | round s | round vs dense | bytes down | bytes up "
+        "| down vs dense | up vs dense | params | step GFLOPs | FLOPs vs dense | peak RSS MiB "
+        "| RSS vs dense |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['variant']} | {r['round_seconds_median']:.2f} | {r['round_vs_dense']:.2f}× "
+            f"| {r['variant']} | {_fmt(r.get('examples_per_round'), ',')} "
+            f"| {r['round_seconds_median']:.2f} | {r['round_vs_dense']:.2f}× "
             f"| {_fmt(r.get('bytes_down'), ',')} | {_fmt(r.get('bytes_up'), ',')} "
             f"| {_fmt(r.get('down_vs_dense'), '.3f')} | {_fmt(r.get('up_vs_dense'), '.3f')} "
             f"| {_fmt(r.get('params'), ',')} "
             f"| {_fmt(r['step_flops'] / 1e9 if 'step_flops' in r else None, '.2f')} "
             f"| {_fmt(r.get('flops_vs_dense'), '.2f')} | {_fmt(r.get('peak_rss_mib'), '.0f')} "
             f"| {_fmt(r.get('peak_rss_vs_dense'), '.2f')} |")
-    lines += ["", "## Goals (issue 9)", ""]
     by_name = {r["variant"]: r for r in result["rows"]}
+    floors = [(by_name[r["variant"][len(FLOOR):]], r) for r in result["rows"]
+              if r["variant"].startswith(FLOOR)]
+    if floors:
+        lines += ["", "## Orchestration floor", "",
+                  "The same round computations with every client's dataset empty: what a "
+                  "round costs besides the clients' arithmetic.", ""]
+        for full, floor in floors:
+            share = floor["round_seconds_median"] / full["round_seconds_median"]
+            lines.append(f"* {full['variant']}: {floor['round_seconds_median']:.2f} s of "
+                         f"{full['round_seconds_median']:.2f} s ({share:.0%}) is the floor; "
+                         f"the clients' training is the other "
+                         f"{full['round_seconds_median'] - floor['round_seconds_median']:.2f} s")
+    lines += ["", "## Goals (issue 9)", ""]
     for name, goal in result["goals"].items():
         if name in by_name:
             r = by_name[name]
@@ -274,7 +314,10 @@ def main(argv=None) -> int:
                         help="one pruned variant, no baselines (a smoke run)")
     parser.add_argument("--skip_client_cost", action="store_true")
     parser.add_argument("--orchestration_only", action="store_true",
-                        help="dense, TFF FedAvg and the plain loop only")
+                        help="dense, TFF FedAvg and the plain loop only (and the dense floor)")
+    parser.add_argument("--floor_only", action="store_true",
+                        help="dense and compact 50%%, each next to its round with empty "
+                             "client datasets")
     args = parser.parse_args(argv)
     result = run(args)
     common.write_results(result, markdown(result), args.out)

@@ -27,14 +27,22 @@ def test_round_costs_quick_writes_its_table(tmp_path, corpus_cache):
          f"--out={out}", f"--work_dir={tmp_path / 'work'}"]) == 0
     data = json.loads((tmp_path / "round_costs.json").read_text())
     names = [r["variant"] for r in data["rows"]]
-    assert names == ["dense (ours, --pruning=none)", "compact, column 50%"]
-    dense, compact = data["rows"]
+    assert names == ["dense (ours, --pruning=none)", "compact, column 50%",
+                     "floor: dense (ours, --pruning=none)", "floor: compact, column 50%"]
+    dense, compact, dense_floor, compact_floor = data["rows"]
     assert dense["down_vs_dense"] == 1.0 and compact["down_vs_dense"] < 0.8
-    table = [l for l in (tmp_path / "round_costs.md").read_text().splitlines()
-             if l.startswith("|")]
+    # The floor rounds are the same computations (same wire), whose clients
+    # trained on nothing; the rounds they stand beside trained on the data.
+    assert dense["examples_per_round"] > 0 and compact["examples_per_round"] > 0
+    assert dense_floor["examples_per_round"] == compact_floor["examples_per_round"] == 0
+    assert dense_floor["bytes_down"] == dense["bytes_down"]
+    assert compact_floor["bytes_down"] == compact["bytes_down"]
+    text = (tmp_path / "round_costs.md").read_text()
+    table = [l for l in text.splitlines() if l.startswith("|")]
     widths = {l.count("|") for l in table}
     assert len(table) == 2 + len(names) and len(widths) == 1
-    assert "compact, column 50%: bytes ≤ 0.55× dense" in (tmp_path / "round_costs.md").read_text()
+    assert "compact, column 50%: bytes ≤ 0.55× dense" in text
+    assert "* compact, column 50%: " in text.split("## Orchestration floor")[1]
 
 
 def _table_rows(path):
