@@ -250,8 +250,9 @@ def markdown(result: dict) -> str:
         f"Measured {result['date']} on {result['cpus']} CPU cores ({result['machine']}) by "
         "`python -m bench.round_costs`; every figure vs dense is a ratio measured in the same "
         "run. Bytes: per client, from the round computations' TFF types. FLOPs: one local "
-        "training step on a real batch (TF profiler). Peak RSS: one client's local training "
-        "alone in its own process (`bench.client_cost`; TF itself is most of it).",
+        "training step on a real batch (TF's per-op FLOPs statistics). Peak RSS: one "
+        "client's local training alone in its own process (`bench.client_cost`; TF itself "
+        "is most of it).",
         "",
         "| variant | client examples | round s | round vs dense | bytes down | bytes up "
         "| down vs dense | up vs dense | params | step GFLOPs | FLOPs vs dense | peak RSS MiB "

@@ -24,12 +24,30 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_prune.task import base
 
 #: The key a client receives in place of its dataset.
 CLIENT_KEY_TYPE = collections.OrderedDict(client_id=np.str_, seed=np.int64)
+
+
+def without_rewrites(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` without tf.data's default graph rewrites, for a client's loop.
+
+    A client computation runs its loop over the dataset once per call, and
+    tf.data rewrites the dataset's graph each time a loop (or an iterator)
+    starts: it serializes the dataset with its function library, which holds
+    the whole training or evaluation step, and runs Grappler's tf.data
+    optimizers on it. In the TFF worker that was a third of the CPU of a
+    round whose clients had no data at all (`bench.round_costs --floor_only`),
+    paid again by every client in every round; the rewrites (fusions and
+    prefetch injection in a pipeline of a few batches) save less than that.
+    """
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    return dataset.with_options(options)
 
 
 def round_seed(run_seed: int, round_num: int, position: int) -> int:

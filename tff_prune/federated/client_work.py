@@ -32,6 +32,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_prune.federated import client_data
 from tff_prune.federated import client_model
 from tff_prune.model import wrappers
 from tff_prune.pruning import bitpack
@@ -159,7 +160,7 @@ def build_pruning_client_work(
         num_examples = tf.constant(0, tf.int64)
         loss_sum = tf.constant(0.0, tf.float32)
 
-        for batch in dataset:
+        for batch in client_data.without_rewrites(dataset):
             with tf.GradientTape() as tape:
                 loss, n = task.batch_loss(model, batch, training=True)
             grads = tape.gradient(loss, trainable)

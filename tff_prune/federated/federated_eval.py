@@ -14,6 +14,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_prune.federated import client_data
 from tff_prune.model import evaluation
 from tff_prune.model import wrappers
 from tff_prune.task import base
@@ -58,7 +59,7 @@ def build_federated_evaluation(
         ).get_concrete_function(task.batch_spec)
         zeros = tf.nest.map_structure(lambda t: tf.zeros(t.shape, tf.float64),
                                       batch_sums.structured_outputs)
-        return dataset.reduce(
+        return client_data.without_rewrites(dataset).reduce(
             zeros, lambda totals, batch: tf.nest.map_structure(
                 tf.add, totals, batch_sums(batch)))
 
