@@ -168,6 +168,37 @@ def preset_config(path: str, *extra: str):
         flags.FLAGS.unparse_flags()
 
 
+def loop_dataset_options(computation) -> list:
+    """The `tf.data.Options` protos of every `OptionsDataset` in the TensorFlow
+    graphs (and their function libraries) that `computation` (a TFF
+    computation) runs: what its client loops' datasets are read with."""
+    from tensorflow.core.framework import dataset_options_pb2  # pylint: disable=import-outside-toplevel
+    from tensorflow.core.framework import graph_pb2  # pylint: disable=import-outside-toplevel
+    from tensorflow_federated.python.core.impl.computation import computation_impl  # pylint: disable=import-outside-toplevel
+
+    def graphs(message):
+        if (type(message).__name__ == "Computation"
+                and message.WhichOneof("computation") == "tensorflow"):
+            graph = graph_pb2.GraphDef()
+            message.tensorflow.graph_def.Unpack(graph)
+            yield graph
+            return
+        for field, value in message.ListFields():
+            if field.type == field.TYPE_MESSAGE:
+                for item in value if field.label == field.LABEL_REPEATED else [value]:
+                    yield from graphs(item)
+
+    found = []
+    for graph in graphs(computation_impl.ConcreteComputation.get_proto(computation)):
+        nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+        for node in nodes:
+            if node.op == "OptionsDataset":
+                options = dataset_options_pb2.Options()
+                options.ParseFromString(node.attr["serialized_options"].s)
+                found.append(options)
+    return found
+
+
 class FinishedRun:
     """What one finished experiment left in its folder."""
 

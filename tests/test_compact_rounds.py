@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from conftest import loop_dataset_options
 from tasks.asr import compaction
 from tasks.asr import text
 from tff_prune.federated import client_data
@@ -236,6 +237,19 @@ def _with_more_columns_pruned(state, built, layer: str, count: int):
     # All a plan reads of a state.
     return types.SimpleNamespace(
         global_model_weights=weights._replace(non_trainable=non_trainable))
+
+
+def test_client_loops_read_their_data_without_tf_datas_rewrites(switched):
+    # tf.data rewrites a dataset's graph (with the whole training step in its
+    # function library) every time a loop over it starts: in TFF's worker, for
+    # every client of every round. The full-size round's clients and the
+    # compact round's read theirs with the default rewrites off.
+    built, rounds, state = switched
+    for computation in (built.process.next, rounds.architecture(rounds.plan(state)).next):
+        options = loop_dataset_options(computation)
+        assert len(options) == 1, options  # the one client loop
+        assert options[0].optimization_options.HasField("apply_default_optimizations")
+        assert not options[0].optimization_options.apply_default_optimizations
 
 
 def test_only_the_latest_architectures_stay_built(micro_task, switched, tff_runtime):
