@@ -160,12 +160,7 @@ def build_pruning_client_work(
         num_examples = tf.constant(0, tf.int64)
         loss_sum = tf.constant(0.0, tf.float32)
 
-        # Over an iterator: autograph makes it a while loop in this graph,
-        # built once with it. A loop over the dataset itself becomes a
-        # tf.data scan whose step function the worker instantiated (and
-        # optimized) anew for every client call: 60% of the worker's CPU in
-        # a round whose clients had no data (`bench.round_costs --floor_only`).
-        for batch in iter(client_data.without_rewrites(dataset)):
+        for batch in client_data.without_rewrites(dataset):
             with tf.GradientTape() as tape:
                 loss, n = task.batch_loss(model, batch, training=True)
             grads = tape.gradient(loss, trainable)

@@ -57,12 +57,11 @@ def build_federated_evaluation(
         batch_sums = tf.function(
             lambda b: evaluation.evaluation_sums(task, model, b)
         ).get_concrete_function(task.batch_spec)
-        totals = tf.nest.map_structure(lambda t: tf.zeros(t.shape, tf.float64),
-                                       batch_sums.structured_outputs)
-        # Over an iterator (a while loop), as the client work's loop: see there.
-        for batch in iter(client_data.without_rewrites(dataset)):
-            totals = tf.nest.map_structure(tf.add, totals, batch_sums(batch))
-        return totals
+        zeros = tf.nest.map_structure(lambda t: tf.zeros(t.shape, tf.float64),
+                                      batch_sums.structured_outputs)
+        return client_data.without_rewrites(dataset).reduce(
+            zeros, lambda totals, batch: tf.nest.map_structure(
+                tf.add, totals, batch_sums(batch)))
 
     @tff.tensorflow.computation(weights_type, data_type)
     def client_eval(weights, dataset):
