@@ -66,12 +66,6 @@ def masked_model_weights(weights: tff.learning.models.ModelWeights,
         non_trainable=tuple(weights.non_trainable))
 
 
-def seeded_model(model_fn: Callable[[], tf.keras.Model], seed: int) -> tf.keras.Model:
-    """The wrapped model with the initial weights of `seed`."""
-    tf.keras.utils.set_random_seed(seed)
-    return model_fn()
-
-
 def initial_model_weights(model: tf.keras.Model, index: wrappers.PrunableWeightIndex
                           ) -> tff.learning.models.ModelWeights:
     """`model`'s weights (numpy), masks all ones, pruning step 1."""
@@ -109,6 +103,9 @@ def build_federated_pruning_process(
       seed: initial weights.
     """
     _validate_optimizer_hparams(client_optimizer, server_optimizer)
+    # Seeded before the first model is built: the seed alone fixes the
+    # initial weights (those of `model`, the wrapped clone below).
+    tf.keras.utils.set_random_seed(seed)
     reference = task.build_model()
     excluded = mask_policy.excluded_layers(task, pruning)
     prunable = (wrappers.select_prunable_layers(reference, excluded)
@@ -124,8 +121,7 @@ def build_federated_pruning_process(
 
     # One model for the index, the initial weights and the weights' type:
     # building (and wrapping) a Keras model is a large part of tracing cost.
-    # Built from scratch after seeding: the seed alone fixes its weights.
-    model = seeded_model(lambda: wrappers.wrap_for_pruning(task.build_model(), prunable), seed)
+    model = model_fn()
     index = wrappers.index_prunable_weights(model)
     decider = mask_policy.MaskDecider(pruning, index, task.model_structure)
     initial = initial_model_weights(model, index)
