@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_prune.federated import lamb
 from tff_prune.federated import optimizers
 from tff_prune.federated import process as process_lib
 from tff_prune.program import experiment_config
@@ -102,3 +103,68 @@ def test_fedadam_state_moves_and_clients_train_at_the_scheduled_rate(micro_task,
     after = built.process.next(state, data).state
     assert any(np.any(m != 0) for m in moments(after))
     assert optimizers.learning_rate_of(after.finalizer["optimizer"]) == pytest.approx(0.01)
+
+
+def _lamb_reference(weights, gradients, lr, beta_1, beta_2, epsilon, weight_decay):
+    """LAMB by hand (You et al., Algorithm 2, phi the identity), in float64."""
+    m = [np.zeros_like(w) for w in weights]
+    v = [np.zeros_like(w) for w in weights]
+    for t, step_gradients in enumerate(gradients, start=1):
+        stepped = []
+        for i, (w, g) in enumerate(zip(weights, step_gradients)):
+            m[i] = beta_1 * m[i] + (1 - beta_1) * g
+            v[i] = beta_2 * v[i] + (1 - beta_2) * g * g
+            r = ((m[i] / (1 - beta_1 ** t)) / (np.sqrt(v[i] / (1 - beta_2 ** t)) + epsilon)
+                 + weight_decay * w)
+            w_norm, r_norm = np.linalg.norm(w), np.linalg.norm(r)
+            trust = w_norm / r_norm if w_norm > 0 and r_norm > 0 else 1.0
+            stepped.append(w - lr * trust * r)
+        weights = stepped
+    return weights, m, v
+
+
+def test_lamb_steps_are_the_formula_with_bias_correction_and_trust_ratio():
+    # Exact in float32, as TFF keeps hyperparameters in the state.
+    hparams = dict(lr=0.125, beta_1=0.75, beta_2=0.875, epsilon=2.0 ** -10,
+                   weight_decay=2.0 ** -7)
+    rng = np.random.default_rng(0)
+    # A kernel, a small bias (trust ratio far from 1), and a zero tensor
+    # (no weight norm: trust ratio 1, the Adam step).
+    weights = [rng.normal(size=(3, 4)), 0.01 * rng.normal(size=(4,)), np.zeros((2,))]
+    gradients = [[rng.normal(size=w.shape) for w in weights] for _ in range(3)]
+    expected, m, v = _lamb_reference(weights, gradients, **hparams)
+
+    opt = lamb.build_lamb(hparams["lr"], hparams["beta_1"], hparams["beta_2"],
+                          hparams["epsilon"], hparams["weight_decay"])
+    state = opt.initialize(tuple(tf.TensorSpec(w.shape, tf.float64) for w in weights))
+    got = tuple(tf.constant(w) for w in weights)
+    next_fn = tf.function(opt.next)  # as the server's computation runs it: in a graph
+    for step_gradients in gradients:
+        state, got = next_fn(state, got, tuple(tf.constant(g) for g in step_gradients))
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-12)
+    assert int(state["step"]) == 3
+    for key, reference in (("accumulator", m), ("preconditioner", v)):
+        for g, e in zip(state[key], reference):
+            np.testing.assert_allclose(g, e, rtol=1e-12)
+    # The trust ratio acted: the bias moved by about lr times its own norm,
+    # far less than the Adam step (about lr per coordinate) would move it.
+    bias_step = np.linalg.norm(np.asarray(got[1]) - weights[1])
+    assert bias_step < 0.5 * hparams["lr"] * np.sqrt(weights[1].size)
+    # Its rate is a hyperparameter like TFF's own optimizers' (what the
+    # server schedule and `learning_rate_of` set and read).
+    assert optimizers.learning_rate_of(state) == pytest.approx(hparams["lr"])
+    state = opt.set_hparams(state, {"learning_rate": 0.05})
+    assert opt.get_hparams(state)["learning_rate"] == 0.05
+
+
+def test_lamb_is_a_server_optimizer_flag():
+    fed = experiment_config.FederatedConfig(server_optimizer="lamb",
+                                            server_learning_rate=0.01, server_epsilon=1e-6)
+    server = fed.server_optimizer_built()
+    state = server.initialize((tf.TensorSpec([2], tf.float32),))
+    assert optimizers.learning_rate_of(state) == pytest.approx(0.01)
+    assert float(state["epsilon"]) == pytest.approx(1e-6)
+    assert float(state["weight_decay"]) == 0.0
+    with pytest.raises(config_lib.ConfigError, match="--server_optimizer='lars' is not one of"):
+        experiment_config.FederatedConfig(server_optimizer="lars")

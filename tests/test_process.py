@@ -7,11 +7,15 @@ is the expensive part, so each distinct process is built once per module
 (`_built`) and shared by the tests that need it.
 """
 
+import collections
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_prune.federated import finalizer as finalizer_lib
+from tff_prune.federated import lamb
 from tff_prune.federated import process as process_lib
 from tff_prune.model import variable_model
 from tff_prune.model import wrappers
@@ -288,3 +292,42 @@ def test_runs_are_reproducible_bit_for_bit(micro_task, tff_runtime):
         finals.append(built.process.get_model_weights(state))
     for a, b in zip(finals[0].trainable, finals[1].trainable):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_server_optimizer_steps_the_masked_model_whatever_pruned_weights_hold(
+        micro_task, tff_runtime):
+    # LAMB's step depends on the weights (trust ratio ||w|| / ||r||): it must
+    # be the model the clients train, whose pruned weights are zero, not the
+    # server's dense copy of them (kept for refinement). Two server states
+    # that differ only in the dense values of pruned weights step the kept
+    # weights identically; pruned weights keep their dense values.
+    built = _built(micro_task, "unstructured", "column", "server", "magnitude")
+    finalizer = finalizer_lib.build_pruning_finalizer(
+        lamb.build_lamb(0.01), built.weights_type,
+        built.finalizer.next.type_signature.parameter[2].member,
+        built.index, built.pruning, built.decider)
+    weights = built.process.initialize().global_model_weights
+    trainable = [np.asarray(t).copy() for t in weights.trainable]
+    non_trainable = [np.asarray(t).copy() for t in weights.non_trainable]
+    k = built.index.keys.index("block0_ff1_in/kernel")
+    kpos, mpos = built.index.kernel_index[k], built.index.mask_index[k]
+    non_trainable[mpos][:, ::2] = 0.0  # half the columns pruned
+    update_type = built.finalizer.next.type_signature.parameter[2].member
+    assert [name for name, _ in tff.structure.iter_elements(update_type)] == ["delta"]
+    rng = np.random.default_rng(0)
+    delta = [rng.normal(size=t.shape).astype(np.float32) * 1e-3 for t in trainable]
+    delta[kpos][:, ::2] = 0.0  # clients' deltas are masked
+    update = collections.OrderedDict(delta=delta)
+    stepped = {}
+    for pruned_value in (0.0, 100.0):
+        dense = [t.copy() for t in trainable]
+        dense[kpos][:, ::2] = pruned_value
+        state = finalizer.initialize()
+        out = finalizer.next(state, tff.learning.models.ModelWeights(dense, non_trainable), update)
+        stepped[pruned_value] = [np.asarray(t) for t in out.result.trainable]
+    for pos, (a, b) in enumerate(zip(stepped[0.0], stepped[100.0])):
+        if pos == kpos:
+            a, b = a[:, 1::2], b[:, 1::2]
+        np.testing.assert_array_equal(a, b, err_msg=built.index.trainable_keys[pos])
+    assert np.all(stepped[100.0][kpos][:, ::2] == 100.0)
+    assert not np.array_equal(stepped[0.0][kpos][:, 1::2], trainable[kpos][:, 1::2])

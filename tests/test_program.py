@@ -54,9 +54,10 @@ def _worker_pid(proc):
     raise AssertionError("the run has no TFF worker")
 
 
-# FedAdam with a warm-up + cosine server rate and an exponentially decaying
-# client rate: their state and schedules must survive the resumes too.
-OPTIMIZATION = dict(server_optimizer="adam", server_learning_rate=0.01,
+# LAMB on the server (Adam's moments and step count, and the trust ratio)
+# with a warm-up + cosine server rate and an exponentially decaying client
+# rate: their state and schedules must survive the resumes too.
+OPTIMIZATION = dict(server_optimizer="lamb", server_learning_rate=0.01,
                     server_lr_schedule="warmup_cosine", server_lr_warmup_rounds=1,
                     client_lr_schedule="exponential", client_lr_decay_rate=0.5)
 

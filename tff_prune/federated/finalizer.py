@@ -72,8 +72,12 @@ def build_pruning_finalizer(
         non_trainable = list(weights.non_trainable)
         masks = wrappers.weight_masks(non_trainable, index, len(trainable),
                                       pruning.masks_biases)
+        # The optimizer steps the model the clients train (pruned weights at
+        # zero): where a step depends on the weights themselves (LAMB's trust
+        # ratio ||w|| / ||r||, weight decay) it is the masked model's.
         opt_state, stepped = server_optimizer.next(
-            state["optimizer"], tuple(trainable), tuple(update["delta"]))
+            state["optimizer"], tuple(wrappers.apply_weight_masks(trainable, masks)),
+            tuple(update["delta"]))
         # Pruned coordinates keep their dense value (momentum must not move them).
         new_trainable = wrappers.where_kept(stepped, trainable, masks)
         round_num = state["round_num"] + 1

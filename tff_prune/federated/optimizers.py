@@ -6,6 +6,8 @@ pseudo-gradient with SGD (plain FedAvg at learning rate 1), SGD with
 momentum, Adam (FedAdam) or Yogi (FedYogi); for the adaptive ones the
 paper's adaptivity τ is the optimizers' epsilon (1e-3 there, against
 Keras' 1e-7, which turns Adam into sign descent on small pseudo-gradients).
+LAMB (`tff_prune.federated.lamb`: Adam with a per-tensor trust ratio) is the
+server optimizer Pelikan et al. found best for federated ASR (arXiv 2310.00098).
 
 A `LearningRateSchedule` gives the learning rate of each round (1-based):
 the server's through `tff.learning.optimizers.schedule_learning_rate` (its
@@ -27,9 +29,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_prune.federated import lamb
 from tff_prune.pruning import config as config_lib
 
-OPTIMIZERS = ("sgd", "sgdm", "adam", "yogi")
+OPTIMIZERS = ("sgd", "sgdm", "adam", "yogi", "lamb")
 LR_SCHEDULES = ("constant", "exponential", "warmup_cosine")
 
 Round = Union[int, tf.Tensor]
@@ -38,7 +41,7 @@ Round = Union[int, tf.Tensor]
 def build_optimizer(name: str, learning_rate: float, momentum: float = 0.9,
                     epsilon: float = 1e-7) -> tff.learning.optimizers.Optimizer:
     """A `tff.learning.optimizers` optimizer by flag name (`momentum`: sgdm
-    only; `epsilon`: adam and yogi only)."""
+    only; `epsilon`: adam, yogi and lamb only)."""
     if name == "sgd":
         return tff.learning.optimizers.build_sgdm(learning_rate)
     if name == "sgdm":
@@ -47,6 +50,8 @@ def build_optimizer(name: str, learning_rate: float, momentum: float = 0.9,
         return tff.learning.optimizers.build_adam(learning_rate, epsilon=epsilon)
     if name == "yogi":
         return tff.learning.optimizers.build_yogi(learning_rate, epsilon=epsilon)
+    if name == "lamb":
+        return lamb.build_lamb(learning_rate, epsilon=epsilon)
     raise config_lib.ConfigError(f"optimizer {name!r} is not one of: {', '.join(OPTIMIZERS)}")
 
 

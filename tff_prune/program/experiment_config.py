@@ -34,7 +34,7 @@ class FederatedConfig:
     server_optimizer: str = "sgd"
     server_learning_rate: float = 1.0
     server_momentum: float = 0.9     # sgdm
-    server_epsilon: float = 1e-3     # adam, yogi: FedAdam's adaptivity τ
+    server_epsilon: float = 1e-3     # adam, yogi, lamb: FedAdam's adaptivity τ
     # Learning rates over rounds (`tff_prune.federated.optimizers.LearningRateSchedule`).
     client_lr_schedule: str = "constant"
     client_lr_warmup_rounds: int = 0

@@ -75,11 +75,12 @@ flags.DEFINE_enum("client_optimizer", "adam", list(experiment_config.OPTIMIZERS)
 flags.DEFINE_float("client_learning_rate", 3e-3, "Client learning rate.")
 flags.DEFINE_enum("server_optimizer", "sgd", list(experiment_config.OPTIMIZERS),
                   "Server optimizer on the averaged delta: sgd (FedAvg), sgdm "
-                  "(server momentum), adam (FedAdam), yogi (FedYogi).")
+                  "(server momentum), adam (FedAdam), yogi (FedYogi), lamb (Adam with a "
+                  "per-tensor trust ratio ||w|| / ||update||).")
 flags.DEFINE_float("server_learning_rate", 1.0, "Server learning rate.")
 flags.DEFINE_float("server_momentum", 0.9, "Momentum of --server_optimizer=sgdm.")
 flags.DEFINE_float("server_epsilon", 1e-3,
-                   "Epsilon (adaptivity) of --server_optimizer=adam|yogi.")
+                   "Epsilon (adaptivity) of --server_optimizer=adam|yogi|lamb.")
 for _side in ("client", "server"):
     flags.DEFINE_enum(f"{_side}_lr_schedule", "constant", list(optimizers.LR_SCHEDULES),
                       f"The {_side} learning rate over rounds: constant, exponential "
