@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import gc
 import json
 import os
 import pathlib
@@ -28,13 +27,6 @@ import pytest
 # writes bytecode into the checkout.
 sys.dont_write_bytecode = True
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-
-# Tracing a TFF computation allocates millions of short-lived Python objects
-# (ops, tensors, AST nodes): at the default threshold (700) the cyclic GC ran
-# ~450 young collections per smoke run and a full one every run or two, each
-# walking TensorFlow's ~0.4M module objects, about 1 s of a 20 s run. Cycles
-# are still collected, a few times per run.
-gc.set_threshold(50_000, 20, 10)
 
 # Replaces TFF's default context (which would start an unowned worker) before
 # any test can touch it; tests get workers only from the `tff_runtime` fixture.
