@@ -28,7 +28,7 @@ BASE_FLAGS = ["--client_batch_size=8"]
 # name -> (what it is, flags). FedAvg is the old default; the others are the
 # standard remedies: a larger client step, server momentum (FedAvgM, Hsu et
 # al. 2019) and adaptive server optimizers (FedAdam / FedYogi, Reddi et al.
-# 2021, adaptivity tau = --server_epsilon = 1e-3).
+# 2021, adaptivity tau = --server_epsilon = 1e-3), and LAMB.
 VARIANTS = {
     "fedavg": ("client Adam 3e-3, server SGD 1.0 (FedAvg; the old default)", []),
     "client_lr_1e-2": ("client Adam 1e-2, server SGD 1.0",
@@ -40,6 +40,15 @@ VARIANTS = {
                      ["--server_optimizer=adam", "--server_learning_rate=0.01"]),
     "fedyogi_1e-2": ("client Adam 3e-3, server Yogi 1e-2 (FedYogi)",
                      ["--server_optimizer=yogi", "--server_learning_rate=0.01"]),
+    # LAMB on the server (Pelikan et al., arXiv 2310.00098: the best server
+    # optimizer for federated ASR): each tensor moves by about the rate
+    # times its own norm per round (trust ratio), tau = --server_epsilon.
+    "fedlamb_3e-3": ("client Adam 3e-3, server LAMB 3e-3",
+                     ["--server_optimizer=lamb", "--server_learning_rate=0.003"]),
+    "fedlamb_1e-2": ("client Adam 3e-3, server LAMB 1e-2",
+                     ["--server_optimizer=lamb", "--server_learning_rate=0.01"]),
+    "fedlamb_3e-2": ("client Adam 3e-3, server LAMB 3e-2",
+                     ["--server_optimizer=lamb", "--server_learning_rate=0.03"]),
     "fedadam_1e-3": ("client Adam 3e-3, server Adam 1e-3 (FedAdam)",
                      ["--server_optimizer=adam", "--server_learning_rate=0.001"]),
     "fedavgm_m0.5": ("client Adam 3e-3, server SGD 1.0 + momentum 0.5",
