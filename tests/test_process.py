@@ -302,9 +302,10 @@ def test_server_optimizer_steps_the_masked_model_whatever_pruned_weights_hold(
     # that differ only in the dense values of pruned weights step the kept
     # weights identically; pruned weights keep their dense values.
     built = _built(micro_task, "unstructured", "column", "server", "magnitude")
+    update_type = built.finalizer.next.type_signature.parameter[2].member
+    assert [name for name, _ in tff.structure.iter_elements(update_type)] == ["delta"]
     finalizer = finalizer_lib.build_pruning_finalizer(
-        lamb.build_lamb(0.01), built.weights_type,
-        built.finalizer.next.type_signature.parameter[2].member,
+        lamb.build_lamb(0.01), built.weights_type, update_type,
         built.index, built.pruning, built.decider)
     weights = built.process.initialize().global_model_weights
     trainable = [np.asarray(t).copy() for t in weights.trainable]
@@ -312,8 +313,6 @@ def test_server_optimizer_steps_the_masked_model_whatever_pruned_weights_hold(
     k = built.index.keys.index("block0_ff1_in/kernel")
     kpos, mpos = built.index.kernel_index[k], built.index.mask_index[k]
     non_trainable[mpos][:, ::2] = 0.0  # half the columns pruned
-    update_type = built.finalizer.next.type_signature.parameter[2].member
-    assert [name for name, _ in tff.structure.iter_elements(update_type)] == ["delta"]
     rng = np.random.default_rng(0)
     delta = [rng.normal(size=t.shape).astype(np.float32) * 1e-3 for t in trainable]
     delta[kpos][:, ::2] = 0.0  # clients' deltas are masked

@@ -75,7 +75,8 @@ class Lamb(optimizer.Optimizer):
             (SECOND_MOMENT_KEY, zeros()),
         ])
 
-    def next(self, state, weights, gradients):
+    def next(self, state: collections.OrderedDict, weights: Any, gradients: Any
+             ) -> tuple[collections.OrderedDict, Any]:
         gradients = optimizer.handle_indexed_slices_gradients(gradients)
         optimizer.check_weights_gradients_match(weights, gradients)
         optimizer.check_weights_state_match(weights, state[FIRST_MOMENT_KEY], "first moment")
@@ -108,10 +109,11 @@ class Lamb(optimizer.Optimizer):
             (SECOND_MOMENT_KEY, second),
         ]), new_weights
 
-    def get_hparams(self, state) -> collections.OrderedDict:
+    def get_hparams(self, state: collections.OrderedDict) -> collections.OrderedDict:
         return collections.OrderedDict((k, state[k]) for k in HPARAMS_KEYS)
 
-    def set_hparams(self, state, hparams) -> collections.OrderedDict:
+    def set_hparams(self, state: collections.OrderedDict,
+                    hparams: collections.OrderedDict) -> collections.OrderedDict:
         return structure.update_struct(state, **hparams)
 
 
