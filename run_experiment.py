@@ -85,7 +85,7 @@ def main(argv):
     except divergence.DivergedError as e:
         print(f"run_experiment.py: error: {e}; the checkpoints before round {e.round_num} "
               "are kept, nothing is exported", file=sys.stderr)
-        return 5
+        return divergence.EXIT_CODE
     final = summary["final"]
     scores = "  ".join(f"{m['name'].upper()} {final[m['name']]:.3f}"
                        for m in summary["metrics"] if not m["detail"])

@@ -86,20 +86,27 @@ def _corpus_flags(args) -> list[str]:
 def run(args) -> dict:
     out = os.path.join(args.work_dir, "convergence")
     names = args.variants.split(",") if args.variants else list(VARIANTS)
-    rows = []
+    rows, train_utterances = [], None
     for name in names:
         what, flags = VARIANTS[name]
         done = runs.run_experiment(name, [
             *_corpus_flags(args), "--pruning=none", f"--total_rounds={args.rounds}",
             f"--clients_per_round={args.clients}", f"--client_epochs={args.client_epochs}",
             f"--eval_every_rounds={args.eval_every}", *BASE_FLAGS, *flags], out,
-            reuse=args.reuse)
+            reuse=args.reuse, allow_divergence=True)
         rows.append({"name": name, "what": what, "flags": flags,
                      "cer": done.eval_column("cer"), "wer": done.eval_column("wer"),
+                     # A diverged setting is recorded, never scored or ranked.
+                     "diverged_round": done.diverged["round"] if done.diverged else None,
                      "examples": done.examples_trained, "train_seconds": done.train_seconds})
-    examples = rows[0]["examples"]
-    train_utterances = done.summary["task"]["train_utterances"]
-    epochs = max(1, round(examples / train_utterances))
+        if done.diverged is None:
+            train_utterances = done.summary["task"]["train_utterances"]
+    finished = [r for r in rows if r["diverged_round"] is None]
+    if not finished:
+        raise SystemExit("convergence: every setting diverged; nothing to compare with "
+                         "the centralized run")
+    # Every finished setting processed the same examples (same rounds and cohort).
+    epochs = max(1, round(finished[0]["examples"] / train_utterances))
     central = runs.run_experiment("centralized", [
         *_corpus_flags(args), "--mode=centralized", "--pruning=none",
         f"--centralized_epochs={epochs}", "--eval_every_epochs=1"], out, reuse=args.reuse)
@@ -107,8 +114,9 @@ def run(args) -> dict:
                  "cer": central.eval_column("cer"), "wer": central.eval_column("wer"),
                  "train_seconds": central.train_seconds}
     for row in rows:
-        row["cer_vs_centralized"] = row["cer"][-1][1] / reference["cer"][-1][1]
-    best = min(rows, key=lambda r: r["cer"][-1][1])
+        row["cer_vs_centralized"] = (None if row["diverged_round"] is not None
+                                     else row["cer"][-1][1] / reference["cer"][-1][1])
+    best = min(finished, key=lambda r: r["cer"][-1][1])
     return common.header({
         "model_size": args.model_size, "rounds": args.rounds, "clients": args.clients,
         "client_epochs": args.client_epochs, "seed": args.seed, "quick": args.quick,
@@ -117,7 +125,7 @@ def run(args) -> dict:
 
 
 def markdown(result: dict) -> str:
-    evals = [r for r, _ in result["variants"][0]["cer"]]
+    evals = [r for r, _ in max((v["cer"] for v in result["variants"]), key=len)]
     ref = result["centralized"]
     lines = [
         "# Convergence: client and server optimizers (federated dense)", "",
@@ -132,18 +140,24 @@ def markdown(result: dict) -> str:
         + " | examples | CER / centralized | training s |",
         "|---|" + "---:|" * len(evals) + "---:|---:|---:|"]
     for row in result["variants"]:
-        cells = [f"{c:.1%} ({w:.1%})" for (_, c), (_, w) in zip(row["cer"], row["wer"])]
+        measured = {r: f"{c:.1%} ({w:.1%})" for (r, c), (_, w) in zip(row["cer"], row["wer"])}
+        diverged = row.get("diverged_round")
+        cells = [measured.get(r, f"diverged at round {diverged}" if diverged else "")
+                 for r in evals]
         best = " **best**" if row["name"] == result["best"] else ""
+        ratio = "—" if diverged else f"{row['cer_vs_centralized']:.2f}x"
         lines.append(f"| `{row['name']}`{best}: {row['what']} | " + " | ".join(cells)
-                     + f" | {row['examples']:,} | {row['cer_vs_centralized']:.2f}x "
-                     f"| {row['train_seconds']:.0f} |")
+                     + f" | {row['examples']:,} | {ratio} | {row['train_seconds']:.0f} |")
     curve = ", ".join(f"epoch {e}: {c:.1%}" for e, c in ref["cer"])
     lines += ["", f"Centralized dense on the same corpus and model, {ref['epochs']} "
               f"epoch(s) = {ref['examples']:,} examples (batch 16, its default schedule): "
               f"held-out CER {curve} ({ref['train_seconds']:.0f} s of training). "
               "*CER / centralized* divides each setting's last CER by the centralized "
               "run's last. *Training s*: the rounds' (epochs') seconds as metrics.csv "
-              "recorded them, setup and evaluation excluded."]
+              "recorded them, setup and evaluation excluded. A setting whose training "
+              "diverged (`run_experiment.py` stopped it and left `diverged.json`) shows the "
+              "round it stopped at and is never ranked; its examples and seconds "
+              "count the rounds before it."]
     return "\n".join(lines) + "\n"
 
 

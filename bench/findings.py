@@ -46,6 +46,7 @@ from typing import Optional
 
 from bench import common
 from bench import runs
+from tff_prune.program import divergence
 
 # The reduced scale every arm runs at (flags on top of each preset): the
 # default corpus and small model, a smaller cohort, 20 rounds pruning over
@@ -171,14 +172,19 @@ def run_arms(args, arms: list[Arm], seeds: list[int]) -> dict[str, list[dict]]:
                                      "(their examples are matched to it)")
                 flags.append(f"--centralized_epochs={_centralized_epochs(*examples)}")
             done = runs.run_experiment(f"{arm.name}_seed{seed}", flags, out,
-                                       reuse=args.reuse)
-            if not arm.centralized and examples is None:
+                                       reuse=args.reuse, allow_divergence=True)
+            if not arm.centralized and examples is None and done.diverged is None:
                 examples = (done.examples_trained, done.summary["task"]["train_utterances"])
             results.setdefault(arm.name, []).append(_row(seed, done))
     return results
 
 
 def _row(seed: int, done: runs.Run) -> dict:
+    if done.diverged is not None:
+        # Recorded, never scored: no CER of a run that did not finish.
+        return {"seed": seed, "diverged_round": done.diverged["round"], "cer": None,
+                "wer": None, "sparsity": None, "examples": done.examples_trained,
+                "train_seconds": done.train_seconds}
     return {"seed": seed, "cer": done.final["cer"], "wer": done.final["wer"],
             "sparsity": done.final.get("sparsity", 0.0),
             "examples": done.examples_trained, "train_seconds": done.train_seconds}
@@ -195,6 +201,9 @@ def collect_arms(args, arms: list[Arm], seeds: list[int]) -> dict[str, list[dict
             if os.path.exists(os.path.join(run_dir, "summary.json")):
                 results.setdefault(arm.name, []).append(
                     _row(seed, runs.load_run(arm.name, run_dir)))
+            elif os.path.exists(os.path.join(run_dir, divergence.RECORD)):
+                results.setdefault(arm.name, []).append(
+                    _row(seed, runs.load_diverged_run(arm.name, run_dir, 0.0)))
     return results
 
 
@@ -210,7 +219,8 @@ def judge(finding: Finding, results: dict[str, list[dict]],
         return None
 
     def cer(name: str) -> dict[int, float]:
-        return {r["seed"]: r["cer"] for r in results[name]}
+        # Diverged runs have no CER: their seeds are not compared.
+        return {r["seed"]: r["cer"] for r in results[name] if r["cer"] is not None}
 
     a, b = cer(finding.arm), cer(finding.other)
     if finding.kind == "cheaper_pruning":
@@ -223,8 +233,13 @@ def judge(finding: Finding, results: dict[str, list[dict]],
     row = {"claim": finding.claim, "paper": finding.paper, "kind": finding.kind,
            "arm": finding.arm, "other": finding.other, "seeds": seeds,
            "arm_values": [a[s] for s in seeds], "other_values": [b[s] for s in seeds],
-           "margins": margins}
-    if finding.kind == "similar":
+           "margins": margins,
+           "diverged": sorted({f"{name} seed {r['seed']} (round {r['diverged_round']})"
+                               for name in needed if name for r in results[name]
+                               if r["cer"] is None})}
+    if not seeds:
+        row["verdict"] = "not judged: diverged"
+    elif finding.kind == "similar":
         ratio = _mean(row["arm_values"]) / _mean(row["other_values"])
         row["ratio"] = ratio
         row["verdict"] = ("holds" if ratio <= 1 + similar_within
@@ -303,7 +318,22 @@ def _plot(args, root: str) -> Optional[str]:
     return os.path.relpath(target, os.path.dirname(args.out))
 
 
-def _spread(values: list[float]) -> str:
+def _spread(values: list[Optional[float]]) -> str:
+    """Mean ± standard deviation (min–max) of the finished runs' values."""
+    diverged = sum(v is None for v in values)
+    values = [v for v in values if v is not None]
+    note = f" ({diverged} diverged)" if diverged else ""
+    if not values:
+        return "diverged"
+    return _spread_of(values) + note
+
+
+def _mean_sparsity(got: list[dict]) -> str:
+    finished = [r["sparsity"] for r in got if r["sparsity"] is not None]
+    return f"{_mean(finished):.2f}" if finished else "—"
+
+
+def _spread_of(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1%}"
     return (f"{_mean(values):.1%} ± {statistics.stdev(values):.1%} "
@@ -344,13 +374,17 @@ def markdown(result: dict) -> str:
             pairs += f" (mean ratio {row['ratio']:.2f}×)"
         if row["kind"] == "cheaper_pruning":
             pairs = "CER pruned / dense: " + pairs
+        if row.get("diverged"):
+            pairs += f" (not compared, diverged: {', '.join(row['diverged'])})"
         lines.append(f"| {row['claim']} (`{row['arm']}` vs `{row['other']}`) "
                      f"| {row['paper']} | {pairs} | **{row['verdict']}** |")
     lines += [
         "",
         f"*Holds* for a \"beats\" finding: better on every seed; *does not hold*: "
         f"worse on every seed; *within seed noise*: the seeds disagree. \"≈ dense\" "
-        f"holds within {result['similar_within']:.0%} (relative) of the dense CER.",
+        f"holds within {result['similar_within']:.0%} (relative) of the dense CER. "
+        "A run whose training diverged is recorded as such and its seed is not "
+        "compared.",
         "",
         "## Every arm",
         "",
@@ -364,7 +398,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| `{arm['name']}` | `bazel_configs/{arm['preset']}.cfg`{flags} "
             f"| {_spread([r['cer'] for r in got])} | {_spread([r['wer'] for r in got])} "
-            f"| {_mean([r['sparsity'] for r in got]):.2f} | {got[0]['examples']:,} "
+            f"| {_mean_sparsity(got)} | {got[0]['examples']:,} "
             f"| {_mean([r['train_seconds'] for r in got]) / 60:.1f} |")
     if result["plot"]:
         lines += ["", f"![WER vs sparsity, every run]({result['plot']})"]

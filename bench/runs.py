@@ -2,7 +2,9 @@
 
 Each run is a subprocess (its memory and TFF computations its own), exactly
 as a user runs it; `Run` holds what it left behind: `summary.json`, and the
-rows of `metrics.csv` and `eval.csv`.
+rows of `metrics.csv` and `eval.csv`. A sweep that asks for it gets a run
+whose training diverged back as such (`Run.diverged`: the program's
+`diverged.json`, no summary) instead of a failed bench.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from typing import Optional
 
 from bench import common
+from tff_prune.program import divergence
 
 
 @dataclasses.dataclass
@@ -30,6 +33,9 @@ class Run:
     metrics: list[dict]   # metrics.csv rows (per round, or per epoch)
     evals: list[dict]     # eval.csv rows
     wall_seconds: float
+    # A diverged run: its `diverged.json` (round, loss, the line printed).
+    # Its summary is empty and its rows stop before the diverged round.
+    diverged: Optional[dict] = None
 
     @property
     def train_seconds(self) -> float:
@@ -75,10 +81,22 @@ def load_run(name: str, run_dir: str, wall_seconds: Optional[float] = None) -> R
                summary["wall_seconds"] if wall_seconds is None else wall_seconds)
 
 
+def load_diverged_run(name: str, run_dir: str, wall_seconds: float) -> Run:
+    """A run that stopped diverged: its record and the rows before it."""
+    record = divergence.read_record(run_dir)
+    if record is None:
+        raise SystemExit(f"{name}: exit code {divergence.EXIT_CODE} (diverged) but no "
+                         f"{divergence.RECORD} in {run_dir}")
+    return Run(name, run_dir, {}, _read_csv(os.path.join(run_dir, "metrics.csv")),
+               _read_csv(os.path.join(run_dir, "eval.csv")), wall_seconds, diverged=record)
+
+
 def run_experiment(name: str, flags: list[str], out_dir: str, *, reuse: bool = False,
-                   timeout_s: float = 7200) -> Run:
+                   timeout_s: float = 7200, allow_divergence: bool = False) -> Run:
     """`run_experiment.py flags...` as experiment `name` under `out_dir`;
-    raises SystemExit with the run's last error lines if it fails.
+    raises SystemExit with the run's last error lines if it fails. With
+    `allow_divergence`, a run whose training diverged comes back with
+    `Run.diverged` set (what a sweep records) instead.
 
     An earlier run of that name is replaced, or with `reuse` resumed by the
     program itself: a finished one only re-evaluates, and one with other
@@ -92,6 +110,11 @@ def run_experiment(name: str, flags: list[str], out_dir: str, *, reuse: bool = F
     start = time.monotonic()
     done = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True,
                           timeout=timeout_s)
+    if allow_divergence and done.returncode == divergence.EXIT_CODE:
+        run = load_diverged_run(name, run_dir, time.monotonic() - start)
+        print(f"[bench] {name}: {run.wall_seconds:.0f} s, diverged at round "
+              f"{run.diverged['round']}", file=sys.stderr, flush=True)
+        return run
     if done.returncode != 0:
         raise SystemExit(f"{name} failed ({' '.join(flags)}):\n{done.stderr[-3000:]}")
     run = load_run(name, run_dir, time.monotonic() - start)

@@ -155,20 +155,51 @@ def test_findings_verdicts_pair_the_seeds():
     assert findings.judge(cheaper, results, 0.1) is None
 
 
-def test_convergence_quick_compares_a_setting_with_centralized(tmp_path, corpus_cache):
+def test_findings_never_score_a_diverged_run():
+    from bench import findings
+    better = findings.Finding("a beats b", "", "better", "a", "b")
+    results = {"a": _arm_runs([0.30, 0.40]), "b": _arm_runs([0.35, 0.20])}
+    # Seed 1 of b diverged (its CER would have decided "within seed noise").
+    results["b"][1] = {"seed": 1, "cer": None, "diverged_round": 7}
+    row = findings.judge(better, results, 0.1)
+    assert row["seeds"] == [0] and row["verdict"] == "holds"
+    assert row["diverged"] == ["b seed 1 (round 7)"]
+    results["a"][0] = {"seed": 0, "cer": None, "diverged_round": 3}
+    row = findings.judge(better, results, 0.1)
+    assert row["seeds"] == [] and row["verdict"] == "not judged: diverged"
+    # The arm's table cell: the finished seeds' spread, the diverged counted.
+    assert findings._spread([0.35, None]) == "35.0% (1 diverged)"  # pylint: disable=protected-access
+    assert findings._spread([None]) == "diverged"  # pylint: disable=protected-access
+
+
+def test_convergence_quick_compares_a_setting_with_centralized_and_records_divergence(
+        tmp_path, corpus_cache, monkeypatch):
     out = tmp_path / "convergence"
     from bench import convergence
+    # A setting that diverges (what a new user tries: its one step of round 1
+    # trains from the initial model, round 2's loss explodes), swept first: it
+    # is recorded as diverged, never scored or ranked, and the bench goes on
+    # (before, the sweep stopped at the failed run).
+    monkeypatch.setitem(convergence.VARIANTS, "client_sgd_1e6", (
+        "client SGD 1e6", ["--client_optimizer=sgd", "--client_learning_rate=1e6"]))
     assert convergence.main(
-        ["--quick", "--variants=fedadam_1e-2", f"--corpus_cache_dir={corpus_cache}",
+        ["--quick", "--variants=client_sgd_1e6,fedadam_1e-2",
+         f"--corpus_cache_dir={corpus_cache}",
          f"--feature_cache_dir={corpus_cache / 'features'}", f"--out={out}",
          f"--work_dir={tmp_path / 'work'}"]) == 0
     data = json.loads((tmp_path / "convergence.json").read_text())
-    (row,) = data["variants"]
+    diverged, row = data["variants"]
+    assert diverged["diverged_round"] == 2 and [r for r, _ in diverged["cer"]] == [1]
+    assert diverged["cer_vs_centralized"] is None
+    assert 0 < diverged["examples"] < row["examples"]  # the rounds before it
+    assert row["diverged_round"] is None
     assert row["name"] == data["best"] == "fedadam_1e-2"
     assert [r for r, _ in row["cer"]] == [1, 2]
     # The centralized reference trained on as many examples as the federated run.
     assert data["centralized"]["examples"] == row["examples"]
-    assert len(_table_rows(tmp_path / "convergence.md")) == 1
+    table = _table_rows(tmp_path / "convergence.md")
+    assert len(table) == 2
+    assert "diverged at round 2" in table[0] and "diverged" not in table[1]
 
 
 def test_findings_merge_judges_side_by_side_benches_as_one(tmp_path):

@@ -40,7 +40,7 @@ def test_a_run_whose_clients_diverge_stops_with_one_line_and_exports_nothing(
         "--client_optimizer=sgd", "--client_learning_rate=1e6", "--eval_every_rounds=1",
         "--checkpoint_every_rounds=1", "--progress=off", f"--root_output_dir={tmp_path}",
         "--experiment_name=diverged"])
-    assert result.returncode == 5, result.stderr[-3000:]
+    assert result.returncode == divergence.EXIT_CODE == 5, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [l for l in result.stderr.splitlines() if l.startswith("run_experiment.py:")]
     assert len(errors) == 1, result.stderr[-3000:]
@@ -53,5 +53,8 @@ def test_a_run_whose_clients_diverge_stops_with_one_line_and_exports_nothing(
     assert not list((run_dir / "checkpoints").glob("round_*"))
     for name in ("summary.json", "final_model", "export"):
         assert not (run_dir / name).exists(), name
+    # What a sweep reads to record the run as diverged.
+    record = divergence.read_record(str(run_dir))
+    assert record["round"] == 1 and record["message"] in errors[0]
     metrics = run_dir / "metrics.csv"
     assert not metrics.exists() or len(metrics.read_text().strip().splitlines()) <= 1

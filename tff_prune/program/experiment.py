@@ -8,6 +8,7 @@ federated driver (`tff_prune.program.federated_driver`) or the centralized basel
   metrics.csv     one row per round (loss, sparsity, mask updates, bytes, seconds)
   eval.csv        held-out loss and the task's metrics every `eval_every_rounds`
   summary.json    settings, final metrics, model sizes, wall time, versions
+  diverged.json   instead of summary.json, when training diverged (`divergence`)
   final_model/    the masked model's Keras weights and the task's model record
   checkpoints/    the latest server states (resumable); tensorboard/; logs/
 """
@@ -27,6 +28,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_prune.program import centralized_driver
+from tff_prune.program import divergence
 from tff_prune.program import federated_driver
 from tff_prune.program import output_dir
 from tff_prune.program import registry
@@ -85,10 +87,14 @@ def run(config: ExperimentConfig,
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     with (native_stderr or (lambda _: contextlib.nullcontext()))(
             os.path.join(out, "logs", "native_stderr.log")):
-        if config.mode == "federated":
-            result = federated_driver.run_federated(config, task, on_round)
-        else:
-            result = centralized_driver.run_centralized(config, task, on_round)
+        try:
+            if config.mode == "federated":
+                result = federated_driver.run_federated(config, task, on_round)
+            else:
+                result = centralized_driver.run_centralized(config, task, on_round)
+        except divergence.DivergedError as e:
+            divergence.write_record(out, e)
+            raise
     summary = {
         "config": jsonable(dataclasses.asdict(config)),
         "task": task.describe(),
@@ -109,4 +115,7 @@ def run(config: ExperimentConfig,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
+    # A record of an earlier attempt that diverged no longer describes the run.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out, divergence.RECORD))
     return summary
