@@ -350,7 +350,8 @@ def smoke_run(shared_dir) -> Callable[[str], FinishedRun]:
 # The end-to-end runs go first, so that pytest-xdist fills the end of the run
 # with short tests instead of leaving one worker idle behind the longest ones.
 _LONG_MODULES = ("test_program.py", "test_distributed.py", "test_presets.py", "test_report.py",
-                 "test_cli.py", "test_centralized_resume.py", "test_process.py")
+                 "test_cli.py", "test_centralized_resume.py", "test_process.py",
+                 "test_initial_model.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -63,6 +63,22 @@ def _record_of(config) -> dict:
     return output_dir.flatten(experiment_config.jsonable(dataclasses.asdict(config)))
 
 
+def test_a_setting_added_since_resumes_at_its_default_and_is_refused_at_another(tmp_path):
+    # An experiment recorded before `federated.initial_model` existed.
+    path = _recorded(tmp_path)
+    defaults = {"federated.initial_model": "", "seed": 7}
+    plan = output_dir.plan_output_dir(
+        path, {**RECORD, "federated.initial_model": ""}, False, defaults=defaults)
+    assert plan.resume
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"federated\.initial_model \('' -> '/seed'\)"):
+        output_dir.plan_output_dir(
+            path, {**RECORD, "federated.initial_model": "/seed"}, False, defaults=defaults)
+    # Only missing settings take their default: a recorded one is compared as is.
+    with pytest.raises(config_lib.ConfigError, match=r"seed \(0 -> 7\)"):
+        output_dir.plan_output_dir(path, {**RECORD, "seed": 7}, False, defaults=defaults)
+
+
 def test_cadence_caches_strictness_and_workers_never_block_a_resume(tmp_path):
     # Records of real configs, so a key renamed in the config cannot leave
     # NON_RESULT_KEYS naming keys no run writes.

@@ -175,3 +175,39 @@ def test_final_dir_without_manifest_is_not_used(tmp_path):
     (cache / synthetic_corpus.corpus_dir_name(**SMALL) / "train").mkdir(parents=True)
     with pytest.raises(CorpusError, match="no matching manifest.json"):
         synthetic_corpus.ensure_synthetic_corpus(str(cache), num_workers=1, **SMALL)
+
+
+def test_public_speakers_are_neither_clients_nor_held_out():
+    without = synthetic_corpus.plan_speakers(**SMALL)
+    specs = synthetic_corpus.plan_speakers(**SMALL, num_public_speakers=3)
+    # Drawn last: the clients and held-out speakers are the same as without them.
+    assert specs[:len(without)] == without
+    public = [s for s in specs if s.split == synthetic_corpus.PUBLIC_SPLIT]
+    others = [s for s in specs if s.split != synthetic_corpus.PUBLIC_SPLIT]
+    assert len(public) == 3 and len(others) == len(without)
+    assert not {s.speaker_id for s in public} & {s.speaker_id for s in others}
+    def voice(s):
+        return (s.accent, s.variant, s.pitch, s.rate)
+    assert not {voice(s) for s in public} & {voice(s) for s in others}
+    said_by_others = {t for s in others for t in s.sentences}
+    assert not {t for s in public for t in s.sentences} & said_by_others
+    # A corpus without public speakers keeps its cache name (and bytes).
+    assert (synthetic_corpus.corpus_dir_name(**SMALL, num_public_speakers=0)
+            == synthetic_corpus.corpus_dir_name(**SMALL)
+            != synthetic_corpus.corpus_dir_name(**SMALL, num_public_speakers=3))
+
+
+def test_training_on_the_public_split_loads_only_public_speakers(tmp_path):
+    from tasks.asr import data
+    config = data.CorpusConfig(cache_dir=str(tmp_path), num_public_speakers=1,
+                               train_split="public", **SMALL)
+    train, test = data.load_corpora(config, verify_audio=False)
+    manifest = read_manifest(synthetic_corpus.ensure_synthetic_corpus(
+        str(tmp_path), num_public_speakers=1, **SMALL))
+    by_split = {}
+    for speaker in manifest["speakers"]:
+        by_split.setdefault(speaker["split"], set()).add(speaker["speaker_id"])
+    assert set(train.client_ids) == by_split["public"] and len(by_split["public"]) == 1
+    assert set(test.client_ids) == by_split["test"]
+    with pytest.raises(CorpusError, match="--num_public_speakers >= 1"):
+        data.CorpusConfig(train_split="public", **SMALL)

@@ -19,6 +19,10 @@ DEFAULT_CACHE_DIR = os.path.join(_DATA_DIR, "synthetic")
 DEFAULT_FEATURE_CACHE_DIR = os.path.join(_DATA_DIR, "features")
 
 
+# What `CorpusConfig.train_split` may name.
+TRAIN_SPLITS = ("train", synthetic_corpus.PUBLIC_SPLIT)
+
+
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
     """Either the synthetic eSpeak corpus (no `corpus_dir`) or LibriSpeech layout."""
@@ -32,6 +36,11 @@ class CorpusConfig:
     num_train_speakers: int = 200
     utterances_per_speaker: int = 30
     seed: int = 0
+    # Speakers beyond the clients and the held-out ones, and which speakers
+    # are trained on: "train" (the clients) or "public" (those others, e.g.
+    # for a seed model that never saw a client's data).
+    num_public_speakers: int = 0
+    train_split: str = "train"
     # Per-speaker log-mel shards (any corpus), see `tasks.asr.feature_cache`.
     feature_cache_dir: str = DEFAULT_FEATURE_CACHE_DIR
 
@@ -42,6 +51,15 @@ class CorpusConfig:
             value = getattr(self, flag)
             if value < 1:
                 raise CorpusError(f"--{flag} must be >= 1, got {value}")
+        if self.num_public_speakers < 0:
+            raise CorpusError(f"--num_public_speakers must be >= 0, got {self.num_public_speakers}")
+        if self.train_split not in TRAIN_SPLITS:
+            raise CorpusError(f"--train_split={self.train_split!r} is not one of: "
+                              f"{', '.join(TRAIN_SPLITS)}")
+        if self.train_split == synthetic_corpus.PUBLIC_SPLIT and (
+                self.corpus_dir is not None or self.num_public_speakers < 1):
+            raise CorpusError("--train_split=public trains on the built-in corpus's public "
+                              "speakers: set --num_public_speakers >= 1 (without --corpus_dir)")
 
 
 def _check_disjoint(train: SpeechCorpus, test: SpeechCorpus, config: CorpusConfig) -> None:
@@ -56,7 +74,9 @@ def _check_disjoint(train: SpeechCorpus, test: SpeechCorpus, config: CorpusConfi
 
 def load_corpora(config: CorpusConfig, *, verify_audio: bool = True,
                  ) -> tuple[SpeechCorpus, SpeechCorpus]:
-    """(train, test) corpora; the test speakers are never in train.
+    """(train, test) corpora; the test speakers are never in train. The
+    built-in corpus trains on its `train_split` ("public": speakers that are
+    neither clients nor held out).
 
     With `corpus_dir` and no `test_corpus_dir`, `num_test_speakers` speakers
     chosen by `seed` are held out of `corpus_dir`. `verify_audio=False` reads
@@ -72,8 +92,9 @@ def load_corpora(config: CorpusConfig, *, verify_audio: bool = True,
             num_train_speakers=config.num_train_speakers,
             num_test_speakers=config.num_test_speakers,
             utterances_per_speaker=config.utterances_per_speaker,
-            seed=config.seed)
-        return load(os.path.join(root, "train")), load(os.path.join(root, "test"))
+            seed=config.seed, num_public_speakers=config.num_public_speakers)
+        return (load(os.path.join(root, config.train_split)),
+                load(os.path.join(root, "test")))
     corpus = load(config.corpus_dir)
     if config.test_corpus_dir is not None:
         test = load(config.test_corpus_dir)

@@ -40,6 +40,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_test_speakers", 20, "Held-out speakers.")
     flags.DEFINE_integer("num_train_speakers", 200, "Synthetic corpus: training speakers.")
     flags.DEFINE_integer("utterances_per_speaker", 30, "Synthetic corpus: utterances each.")
+    flags.DEFINE_integer("num_public_speakers", 0,
+                         "Synthetic corpus: speakers beyond the clients and the held-out "
+                         "ones (other voices, other sentences), for --train_split=public.")
+    flags.DEFINE_enum("train_split", "train", list(data_lib.TRAIN_SPLITS),
+                      "Synthetic corpus: train on the clients' speakers (train) or on the "
+                      "public ones (public: e.g. a centralized seed model for "
+                      "--initial_model that never saw a client's data).")
     flags.DEFINE_string("corpus_cache_dir", data_lib.DEFAULT_CACHE_DIR,
                         "Synthetic corpus: where it is generated once and cached.")
     flags.DEFINE_string("feature_cache_dir", data_lib.DEFAULT_FEATURE_CACHE_DIR,
@@ -63,6 +70,7 @@ def config_from_flags(values: flags.FlagValues, *, batch_size: int, seed: int) -
             num_test_speakers=values.num_test_speakers, strict=values.strict_data,
             cache_dir=values.corpus_cache_dir, num_train_speakers=values.num_train_speakers,
             utterances_per_speaker=values.utterances_per_speaker, seed=seed,
+            num_public_speakers=values.num_public_speakers, train_split=values.train_split,
             feature_cache_dir=values.feature_cache_dir),
         model=task_lib.AsrTaskConfig(model_size=values.model_size, dropout=values.dropout,
                                      batch_size=batch_size))

@@ -39,6 +39,10 @@ from tasks.asr.corpus import CorpusError
 GENERATOR_VERSION = 1
 SAMPLE_RATE = 16000
 SPLITS = ("train", "test")
+# Speakers drawn after the held-out ones (``num_public_speakers``): data that
+# is not the clients', e.g. to train a seed model centrally. Their voices and
+# sentences are disjoint from the clients' and the held-out speakers'.
+PUBLIC_SPLIT = "public"
 
 # Plain male/female variants; the contributed ones include robots, whispers and
 # croaks that would make the corpus a test of oddities rather than of speakers.
@@ -85,15 +89,21 @@ class SpeakerSpec:
 
 
 def _corpus_params(
-    num_train_speakers: int, num_test_speakers: int, utterances_per_speaker: int, seed: int
+    num_train_speakers: int, num_test_speakers: int, utterances_per_speaker: int, seed: int,
+    num_public_speakers: int = 0,
 ) -> dict:
-    """The parameters that decide the corpus bytes (``num_workers`` does not)."""
-    return {
+    """The parameters that decide the corpus bytes (``num_workers`` does not).
+    Without public speakers the key is absent: the corpora cached before
+    the public split keep their names and manifests."""
+    params = {
         "num_train_speakers": int(num_train_speakers),
         "num_test_speakers": int(num_test_speakers),
         "utterances_per_speaker": int(utterances_per_speaker),
         "seed": int(seed),
     }
+    if num_public_speakers:
+        params["num_public_speakers"] = int(num_public_speakers)
+    return params
 
 
 def voice_order(rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -117,31 +127,39 @@ def draw_new_voice(rng: np.random.Generator, accent: str, variant: str, used: se
 
 
 def plan_speakers(
-    *, num_train_speakers: int, num_test_speakers: int, utterances_per_speaker: int, seed: int = 0
+    *, num_train_speakers: int, num_test_speakers: int, utterances_per_speaker: int, seed: int = 0,
+    num_public_speakers: int = 0,
 ) -> list[SpeakerSpec]:
-    """Draw all speakers (train first, then held-out test) and their sentences from ``seed``."""
-    if num_train_speakers < 1 or num_test_speakers < 0 or utterances_per_speaker < 1:
+    """Draw all speakers (train first, then held-out test, then public) and
+    their sentences from ``seed``. Public speakers are drawn last, so the
+    train and test speakers are the same with or without them."""
+    if (num_train_speakers < 1 or num_test_speakers < 0 or utterances_per_speaker < 1
+            or num_public_speakers < 0):
         raise ValueError(
-            "need num_train_speakers >= 1, num_test_speakers >= 0, utterances_per_speaker >= 1"
+            "need num_train_speakers >= 1, num_test_speakers >= 0, utterances_per_speaker >= 1, "
+            "num_public_speakers >= 0"
         )
     rng = np.random.default_rng(seed)
     combo_order = voice_order(rng)
     topics = sentences.topic_names()
     topic_order = [topics[i] for i in rng.permutation(len(topics))]
-    total = num_train_speakers + num_test_speakers
+    total = num_train_speakers + num_test_speakers + num_public_speakers
     used: set[tuple] = set()
-    train_sentences: set[str] = set()
+    said: dict[str, set[str]] = {"train": set(), "test": set()}
     specs = []
     for index in range(total):
-        split = "train" if index < num_train_speakers else "test"
+        split = ("train" if index < num_train_speakers else
+                 "test" if index < num_train_speakers + num_test_speakers else PUBLIC_SPLIT)
         accent, variant = combo_order[index % len(combo_order)]
         pitch, rate = draw_new_voice(rng, accent, variant, used)
         style = sentences.make_speaker_style(rng, topic_order[index % len(topic_order)])
-        # Held-out speakers also say only sentences never heard in training.
-        exclude = train_sentences if split == "test" else frozenset()
+        # Held-out speakers say only sentences never heard in training;
+        # public speakers none that a client or a held-out speaker says.
+        exclude = (said["train"] if split == "test" else
+                   said["train"] | said["test"] if split == PUBLIC_SPLIT else frozenset())
         texts = sentences.generate_sentences(rng, style, utterances_per_speaker, exclude=exclude)
-        if split == "train":
-            train_sentences.update(texts)
+        if split in said:
+            said[split].update(texts)
         specs.append(
             SpeakerSpec(
                 speaker_id=str(FIRST_SPEAKER_ID + index),
@@ -215,20 +233,24 @@ def generate_synthetic_corpus(
     utterances_per_speaker: int,
     seed: int = 0,
     num_workers: int = 2,
+    num_public_speakers: int = 0,
 ) -> str:
-    """Write the synthetic corpus (``train/``, ``test/``, ``manifest.json``) into ``root``.
+    """Write the synthetic corpus (``train/``, ``test/``, ``public/`` with
+    public speakers, ``manifest.json``) into ``root``.
 
     ``root`` must be missing or empty. ``num_workers`` > 1 synthesizes in a
     spawn-based process pool; the output is identical for any worker count.
     Returns ``root``.
     """
-    params = _corpus_params(num_train_speakers, num_test_speakers, utterances_per_speaker, seed)
+    params = _corpus_params(num_train_speakers, num_test_speakers, utterances_per_speaker, seed,
+                            num_public_speakers)
     if os.path.isdir(root) and os.listdir(root):
         raise FileExistsError(f"synthetic corpus directory {root} is not empty")
     specs = plan_speakers(**params)
     start = time.perf_counter()
     tasks = [(spec, os.path.join(root, spec.split)) for spec in specs]
-    for split in SPLITS:
+    splits_made = SPLITS + ((PUBLIC_SPLIT,) if num_public_speakers else ())
+    for split in splits_made:
         os.makedirs(os.path.join(root, split), exist_ok=True)
     if num_workers <= 1:
         results = [_write_speaker(task) for task in tasks]
@@ -240,7 +262,7 @@ def generate_synthetic_corpus(
             results = pool.map(_write_speaker, tasks, chunksize=1)
     samples_by_speaker = {speaker_id: samples for speaker_id, _, samples in results}
     splits = {}
-    for split in SPLITS:
+    for split in splits_made:
         members = [s for s in specs if s.split == split]
         num_samples = sum(samples_by_speaker[s.speaker_id] for s in members)
         splits[split] = {
@@ -270,10 +292,12 @@ def generate_synthetic_corpus(
 
 
 def corpus_dir_name(
-    *, num_train_speakers: int, num_test_speakers: int, utterances_per_speaker: int, seed: int = 0
+    *, num_train_speakers: int, num_test_speakers: int, utterances_per_speaker: int, seed: int = 0,
+    num_public_speakers: int = 0,
 ) -> str:
     """Cache directory name: generator version plus a short hash of the parameters."""
-    params = _corpus_params(num_train_speakers, num_test_speakers, utterances_per_speaker, seed)
+    params = _corpus_params(num_train_speakers, num_test_speakers, utterances_per_speaker, seed,
+                            num_public_speakers)
     key = json.dumps({"generator_version": GENERATOR_VERSION, **params}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return f"espeak-v{GENERATOR_VERSION}-{digest}"
@@ -295,10 +319,12 @@ def ensure_synthetic_corpus(
     utterances_per_speaker: int,
     seed: int = 0,
     num_workers: int = 2,
+    num_public_speakers: int = 0,
 ) -> str:
     """Return the cached corpus for these parameters, generating it on first
     use (`tasks.corpus_cache.build_once`: never half-written)."""
-    params = _corpus_params(num_train_speakers, num_test_speakers, utterances_per_speaker, seed)
+    params = _corpus_params(num_train_speakers, num_test_speakers, utterances_per_speaker, seed,
+                            num_public_speakers)
     final_dir = os.path.join(cache_dir, corpus_dir_name(**params))
     expected = {"generator_version": GENERATOR_VERSION, "params": params}
 

@@ -91,6 +91,7 @@ def build_federated_pruning_process(
     server_optimizer: tff.learning.optimizers.Optimizer,
     delta_aggregator: Optional[aggregation.MaskedWeightedMeanFactory] = None,
     seed: int = 0,
+    initial_model: Optional[tf.keras.Model] = None,
 ) -> FederatedPruningProcess:
     """Federated pruning of `task`'s model as a `LearningProcess`.
 
@@ -100,7 +101,9 @@ def build_federated_pruning_process(
       client_optimizer / server_optimizer: `tff.learning.optimizers`.
       delta_aggregator: how deltas are averaged; stack TFF clipping/DP sum
         factories under it via its `value_sum_factory`.
-      seed: initial weights.
+      seed: initial weights (unless `initial_model` gives them).
+      initial_model: the task's model (unwrapped) whose weights the process
+        starts from, e.g. a seed model trained elsewhere; masks start all ones.
     """
     _validate_optimizer_hparams(client_optimizer, server_optimizer)
     # Seeded before the first model is built: the seed alone fixes the
@@ -122,6 +125,8 @@ def build_federated_pruning_process(
     # One model for the index, the initial weights and the weights' type:
     # building (and wrapping) a Keras model is a large part of tracing cost.
     model = model_fn()
+    if initial_model is not None:
+        wrappers.assign_unwrapped_weights(model, initial_model)
     index = wrappers.index_prunable_weights(model)
     decider = mask_policy.MaskDecider(pruning, index, task.model_structure)
     initial = initial_model_weights(model, index)

@@ -117,6 +117,18 @@ def wrap_for_pruning(model: tf.keras.Model, prunable_layers: Sequence[str]
         return tf.keras.models.clone_model(model, clone_function=clone)
 
 
+def assign_unwrapped_weights(wrapped: tf.keras.Model, source: tf.keras.Model) -> None:
+    """Sets the weights of `wrapped` (a `wrap_for_pruning` clone) to those
+    of `source`, the same model unwrapped; masks and pruning steps stay."""
+    inner = [layer.layer if isinstance(layer, ServerMaskedPruneLowMagnitude) else layer
+             for layer in wrapped.layers]
+    if [layer.name for layer in inner] != [layer.name for layer in source.layers]:
+        raise ValueError("the models have different layers")
+    for target, layer in zip(inner, source.layers):
+        if layer.weights:
+            target.set_weights(layer.get_weights())
+
+
 @dataclasses.dataclass(frozen=True)
 class PrunableWeightIndex:
     """Where each prunable kernel, its bias and its mask sit in ModelWeights.

@@ -30,6 +30,7 @@ import tensorflow_federated as tff
 from tff_prune.program import centralized_driver
 from tff_prune.program import divergence
 from tff_prune.program import federated_driver
+from tff_prune.program import initial_model
 from tff_prune.program import output_dir
 from tff_prune.program import registry
 from tff_prune.program.experiment_config import ExperimentConfig, jsonable
@@ -70,7 +71,9 @@ def run(config: ExperimentConfig,
     out = config.output_dir
     output_dir.prepare_output_dir(config.root_output_dir)
     plan = output_dir.plan_output_dir(
-        out, output_dir.flatten(jsonable(dataclasses.asdict(config))), overwrite)
+        out, output_dir.flatten(jsonable(dataclasses.asdict(config))), overwrite,
+        defaults=output_dir.flatten(jsonable(dataclasses.asdict(
+            ExperimentConfig(task_name=config.task_name)))))
     if config.mode == "federated":
         # Before the (slow) data and tracing: a wrong --workers fails at once.
         runtime.check_reachable(config.federated.workers)
@@ -83,13 +86,17 @@ def run(config: ExperimentConfig,
         raise config_lib.ConfigError(
             f"--clients_per_round={config.federated.clients_per_round} is larger "
             f"than the training population ({len(task.train_client_ids)} clients)")
+    start_model = None
+    if config.mode == "federated" and config.federated.initial_model:
+        start_model = initial_model.load_initial_model(
+            config.federated.initial_model, config.task_name, task)
     output_dir.commit_output_dir(plan)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     with (native_stderr or (lambda _: contextlib.nullcontext()))(
             os.path.join(out, "logs", "native_stderr.log")):
         try:
             if config.mode == "federated":
-                result = federated_driver.run_federated(config, task, on_round)
+                result = federated_driver.run_federated(config, task, on_round, start_model)
             else:
                 result = centralized_driver.run_centralized(config, task, on_round)
         except divergence.DivergedError as e:

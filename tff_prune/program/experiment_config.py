@@ -44,6 +44,9 @@ class FederatedConfig:
     server_lr_decay_rate: float = 1.0
     clip_norm: float = 0.0
     eval_every_rounds: int = 10
+    # A saved model of the same task and architecture to start from (a seed
+    # model, `tff_prune.program.initial_model`); empty: fresh weights.
+    initial_model: str = ""
     # What clients train once units are pruned: the physically smaller model
     # (where it applies, see `tff_prune.federated.compact_rounds`) or the masked one.
     client_model: str = "compact"
@@ -140,6 +143,9 @@ class ExperimentConfig:
             raise config_lib.ConfigError(f"--seed must be >= 0, not {self.seed}")
         if self.checkpoint_every_rounds < 1:
             raise config_lib.ConfigError("--checkpoint_every_rounds must be >= 1")
+        if self.mode == "centralized" and self.federated.initial_model:
+            raise config_lib.ConfigError(
+                "--initial_model starts federated runs: drop it with --mode=centralized")
         if self.mode == "centralized" and self.pruning.policy == "client_vote":
             raise config_lib.ConfigError(
                 "--mask_policy=client_vote needs clients: use server or fixed "

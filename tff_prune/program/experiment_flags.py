@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from absl import flags
@@ -92,6 +93,10 @@ for _side in ("client", "server"):
                        f"Per-round factor of --{_side}_lr_schedule=exponential.")
 flags.DEFINE_float("clip_norm", 0.0, "Clip each client's weighted delta to this norm (0: off).")
 flags.DEFINE_integer("eval_every_rounds", 10, "Held-out evaluation cadence.")
+flags.DEFINE_string("initial_model", "",
+                    "Start from this saved model (a seed model): a finished run's folder "
+                    "or its final_model/, centralized or federated, of the same task and "
+                    "architecture. Empty: fresh weights from --seed.")
 flags.DEFINE_enum("client_model", "compact", list(experiment_config.CLIENT_MODELS),
                   "What clients train once units are pruned: the physically smaller "
                   "model (structured schemes; rounds before a mask update train "
@@ -207,6 +212,7 @@ def experiment_config_from_flags() -> experiment_config.ExperimentConfig:
                for side in ("client", "server")
                for name in ("schedule", "warmup_rounds", "decay_rate")},
             clip_norm=FLAGS.clip_norm,
+            initial_model=os.path.abspath(FLAGS.initial_model) if FLAGS.initial_model else "",
             eval_every_rounds=FLAGS.eval_every_rounds, client_model=FLAGS.client_model,
             workers=workers, local_workers=FLAGS.local_workers,
             datasets_on_workers=FLAGS.datasets_on_workers,

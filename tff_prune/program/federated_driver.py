@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 from absl import logging
 
@@ -98,8 +99,11 @@ def _divergence_settings(fed: FederatedConfig, rates: dict) -> str:
 
 
 def run_federated(config: ExperimentConfig, task: base.FederatedTask,
-                  on_round: Optional[Callable[[dict], None]]) -> dict:
-    """Runs (or resumes) the federated rounds; returns final metrics, sizes, outputs."""
+                  on_round: Optional[Callable[[dict], None]],
+                  initial_model: Optional[tf.keras.Model] = None) -> dict:
+    """Runs (or resumes) the federated rounds; returns final metrics, sizes,
+    outputs. `initial_model`: the task's model whose weights round 1 starts
+    from (`--initial_model`; else fresh weights from the seed)."""
     fed = config.federated
     out = config.output_dir
     delta_factory = None
@@ -110,7 +114,7 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
         task, config.pruning,
         client_optimizer=fed.client_optimizer_built(),
         server_optimizer=fed.server_optimizer_built(),
-        delta_aggregator=delta_factory, seed=config.seed)
+        delta_aggregator=delta_factory, seed=config.seed, initial_model=initial_model)
     # Clients build their datasets from ids inside the workers where the task
     # allows it (only ids cross the wire); else the controller sends datasets.
     train_inputs = client_data.ClientInputs(task, training=True, epochs=fed.client_epochs,

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Optional
 
 from tff_prune.pruning import config as config_lib
 
@@ -56,9 +56,11 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
-def _differing(previous: dict, current: dict) -> list[str]:
+def _differing(previous: dict, current: dict, defaults: dict) -> list[str]:
     keys = (set(previous) | set(current)) - NON_RESULT_KEYS
-    differing = sorted(k for k in keys if previous.get(k) != current.get(k))
+    # A setting added since `previous` was written ran at its default.
+    differing = sorted(k for k in keys
+                       if previous.get(k, defaults.get(k)) != current.get(k))
     extendable = (current.get("mode", "federated") == "federated"
                   and isinstance(previous.get(EXTENDABLE_KEY), int)
                   and isinstance(current.get(EXTENDABLE_KEY), int)
@@ -66,8 +68,13 @@ def _differing(previous: dict, current: dict) -> list[str]:
     return [k for k in differing if not (k == EXTENDABLE_KEY and extendable)]
 
 
-def plan_output_dir(path: str, record: dict[str, Any], overwrite: bool) -> OutputPlan:
+def plan_output_dir(path: str, record: dict[str, Any], overwrite: bool,
+                    defaults: Optional[dict[str, Any]] = None) -> OutputPlan:
     """Checks that `path` may hold the run described by `record`; writes nothing.
+
+    `defaults`: the record of a run with every setting at its default; a
+    setting missing from an existing experiment's record (one added since
+    it was written) counts as its default there.
 
     Raises `ConfigError` (one line) when `path` is a file, a folder that is not
     a tff-prune experiment (never replaced, even with `overwrite`), or an
@@ -89,11 +96,12 @@ def plan_output_dir(path: str, record: dict[str, Any], overwrite: bool) -> Outpu
         raise config_lib.ConfigError(
             f"cannot read {config_path} ({e}); nothing was changed: "
             "choose another --experiment_name") from None
-    differing = _differing(previous, record)
+    defaults = defaults or {}
+    differing = _differing(previous, record, defaults)
     if not differing:
         return OutputPlan(path, record, replace=False, resume=True)
     if not overwrite:
-        details = ", ".join(f"{k} ({previous.get(k)!r} -> {record.get(k)!r})"
+        details = ", ".join(f"{k} ({previous.get(k, defaults.get(k))!r} -> {record.get(k)!r})"
                             for k in differing[:6])
         more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
         raise config_lib.ConfigError(
