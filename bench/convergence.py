@@ -9,6 +9,11 @@ The last row is the centralized dense run (`--mode=centralized`) trained on
 the same number of examples as the federated runs processed (whole epochs,
 the nearest count), the reference the federated gap is measured against.
 
+A setting that starts from a seed model (`fedavg_seed_model`) starts from a
+centralized run on the built-in corpus's public speakers, neither clients
+nor held out (`--num_public_speakers`, `--train_split=public`), trained
+first (`--seed_model_epochs`).
+
 Results: `bench/results/convergence.{md,json}`.
 """
 
@@ -24,6 +29,9 @@ from bench import runs
 # Every setting's local batch unless it says otherwise: the default when the
 # sweep was run (the batch rows made 2 the ASR default).
 BASE_FLAGS = ["--client_batch_size=8"]
+
+# Stands for `--initial_model=` the seed model `seed_model` trains (in a flag list).
+SEED_MODEL = "--initial_model={seed_model}"
 
 # name -> (what it is, flags). FedAvg is the old default; the others are the
 # standard remedies: a larger client step, server momentum (FedAvgM, Hsu et
@@ -71,24 +79,57 @@ VARIANTS = {
                        ["--client_batch_size=4"]),
     "client_batch_2": ("client Adam 3e-3, batch 2, server SGD 1.0",
                        ["--client_batch_size=2"]),
+    # Pelikan et al.'s client setting (arXiv 2310.00098): plain SGD at a
+    # high rate, each client's update clipped to norm 1; and more local
+    # epochs from the same clients.
+    "client_sgd_0.4_clip_1": ("client SGD 0.4, delta clipped to norm 1, server SGD 1.0",
+                              ["--client_optimizer=sgd", "--client_learning_rate=0.4",
+                               "--clip_norm=1.0"]),
+    "client_sgd_0.1_clip_1": ("client SGD 0.1, delta clipped to norm 1, server SGD 1.0",
+                              ["--client_optimizer=sgd", "--client_learning_rate=0.1",
+                               "--clip_norm=1.0"]),
+    "client_epochs_6": ("client Adam 3e-3, 6 local epochs (the others: 3), server SGD 1.0",
+                        ["--client_epochs=6"]),
+    # From a seed model (Pelikan et al.: closes most of the gap): FedAvg
+    # started from a centralized run on the corpus's public speakers, who
+    # are neither clients nor held out (`seed_model`).
+    "fedavg_seed_model": ("client Adam 3e-3, server SGD 1.0, from a centralized seed model "
+                          "(public speakers)", [SEED_MODEL]),
 }
 
 
 def _corpus_flags(args) -> list[str]:
+    # Every run reads one corpus: with the public speakers the seed model
+    # trains on (the clients and held-out speakers are the same without them).
     flags = [f"--model_size={args.model_size}", f"--seed={args.seed}",
-             *runs.cache_flags(args)]
+             f"--num_public_speakers={args.public_speakers}", *runs.cache_flags(args)]
     if args.quick:
         flags += ["--num_train_speakers=4", "--num_test_speakers=2",
                   "--utterances_per_speaker=6"]
     return flags
 
 
+def seed_model(args, out: str) -> runs.Run:
+    """The seed model: a centralized dense run on the corpus's
+    `--public_speakers` public speakers (not a client's data), evaluated on
+    the same held-out speakers."""
+    return runs.run_experiment("seed_model", [
+        *_corpus_flags(args), "--mode=centralized", "--pruning=none",
+        "--train_split=public",
+        f"--centralized_epochs={args.seed_model_epochs}", "--eval_every_epochs=1"],
+        out, reuse=args.reuse)
+
+
 def run(args) -> dict:
     out = os.path.join(args.work_dir, "convergence")
     names = args.variants.split(",") if args.variants else list(VARIANTS)
+    seed = None
+    if any(SEED_MODEL in VARIANTS[name][1] for name in names):
+        seed = seed_model(args, out)
     rows, train_utterances = [], None
     for name in names:
         what, flags = VARIANTS[name]
+        flags = [f.format(seed_model=seed.run_dir) if f == SEED_MODEL else f for f in flags]
         done = runs.run_experiment(name, [
             *_corpus_flags(args), "--pruning=none", f"--total_rounds={args.rounds}",
             f"--clients_per_round={args.clients}", f"--client_epochs={args.client_epochs}",
@@ -117,11 +158,15 @@ def run(args) -> dict:
         row["cer_vs_centralized"] = (None if row["diverged_round"] is not None
                                      else row["cer"][-1][1] / reference["cer"][-1][1])
     best = min(finished, key=lambda r: r["cer"][-1][1])
+    seed_row = None if seed is None else {
+        "public_speakers": args.public_speakers, "epochs": args.seed_model_epochs,
+        "examples": seed.examples_trained, "cer": seed.eval_column("cer"),
+        "wer": seed.eval_column("wer"), "train_seconds": seed.train_seconds}
     return common.header({
         "model_size": args.model_size, "rounds": args.rounds, "clients": args.clients,
         "client_epochs": args.client_epochs, "seed": args.seed, "quick": args.quick,
         "train_utterances": train_utterances, "variants": rows, "centralized": reference,
-        "best": best["name"]})
+        "seed_model": seed_row, "best": best["name"]})
 
 
 def markdown(result: dict) -> str:
@@ -158,6 +203,15 @@ def markdown(result: dict) -> str:
               "diverged (`run_experiment.py` stopped it and left `diverged.json`) shows the "
               "round it stopped at and is never ranked; its examples and seconds "
               "count the rounds before it."]
+    seed = result.get("seed_model")
+    if seed:
+        curve = ", ".join(f"epoch {e}: {c:.1%}" for e, c in seed["cer"])
+        lines += ["", f"The seed model (`--initial_model` of the settings that name it): "
+                  f"centralized dense on the corpus's {seed['public_speakers']} public "
+                  f"speakers (`--train_split=public`: neither clients nor held out), "
+                  f"{seed['epochs']} epoch(s) = {seed['examples']:,} examples, held-out CER "
+                  f"{curve} ({seed['train_seconds']:.0f} s of training). The federated "
+                  "settings' examples do not count its own."]
     return "\n".join(lines) + "\n"
 
 
@@ -171,6 +225,10 @@ def main(argv=None) -> int:
     parser.add_argument("--client_epochs", type=int, default=3)
     parser.add_argument("--model_size", default="small")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--public_speakers", type=int, default=40,
+                        help="public speakers the seed model trains on")
+    parser.add_argument("--seed_model_epochs", type=int, default=5,
+                        help="the seed model's centralized epochs")
     runs.add_run_flags(parser, "convergence")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny corpus, micro model, 2 rounds, 2 settings")
@@ -178,6 +236,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.eval_every, args.clients, args.client_epochs = 2, 1, 2, 1
         args.model_size = "micro"
+        args.public_speakers, args.seed_model_epochs = 2, 1
         args.variants = args.variants or "fedavg,fedadam_1e-2"
     unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
     if unknown:

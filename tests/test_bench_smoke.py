@@ -172,7 +172,7 @@ def test_findings_never_score_a_diverged_run():
     assert findings._spread([None]) == "diverged"  # pylint: disable=protected-access
 
 
-def test_convergence_quick_compares_a_setting_with_centralized_and_records_divergence(
+def test_convergence_quick_compares_a_seed_model_setting_with_centralized_and_records_divergence(
         tmp_path, corpus_cache, monkeypatch):
     out = tmp_path / "convergence"
     from bench import convergence
@@ -183,7 +183,7 @@ def test_convergence_quick_compares_a_setting_with_centralized_and_records_diver
     monkeypatch.setitem(convergence.VARIANTS, "client_sgd_1e6", (
         "client SGD 1e6", ["--client_optimizer=sgd", "--client_learning_rate=1e6"]))
     assert convergence.main(
-        ["--quick", "--variants=client_sgd_1e6,fedadam_1e-2",
+        ["--quick", "--variants=client_sgd_1e6,fedavg_seed_model",
          f"--corpus_cache_dir={corpus_cache}",
          f"--feature_cache_dir={corpus_cache / 'features'}", f"--out={out}",
          f"--work_dir={tmp_path / 'work'}"]) == 0
@@ -193,8 +193,15 @@ def test_convergence_quick_compares_a_setting_with_centralized_and_records_diver
     assert diverged["cer_vs_centralized"] is None
     assert 0 < diverged["examples"] < row["examples"]  # the rounds before it
     assert row["diverged_round"] is None
-    assert row["name"] == data["best"] == "fedadam_1e-2"
+    assert row["name"] == data["best"] == "fedavg_seed_model"
     assert [r for r, _ in row["cer"]] == [1, 2]
+    # It started from the seed model the bench trained on the public speakers.
+    work = tmp_path / "work" / "convergence"
+    config = json.loads((work / "fedavg_seed_model" / "config.json").read_text())
+    assert config["federated.initial_model"] == str(work / "seed_model")
+    seed_config = json.loads((work / "seed_model" / "config.json").read_text())
+    assert seed_config["task.corpus.train_split"] == "public"
+    assert data["seed_model"]["public_speakers"] == 2 and data["seed_model"]["cer"]
     # The centralized reference trained on as many examples as the federated run.
     assert data["centralized"]["examples"] == row["examples"]
     table = _table_rows(tmp_path / "convergence.md")
