@@ -95,6 +95,9 @@ VARIANTS = {
     # are neither clients nor held out (`seed_model`).
     "fedavg_seed_model": ("client Adam 3e-3, server SGD 1.0, from a centralized seed model "
                           "(public speakers)", [SEED_MODEL]),
+    "fedavg_seed_model_batch_2": ("client Adam 3e-3, batch 2 (the ASR default), server SGD "
+                                  "1.0, from the centralized seed model",
+                                  [SEED_MODEL, "--client_batch_size=2"]),
 }
 
 

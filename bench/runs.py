@@ -54,7 +54,8 @@ class Run:
     def examples_trained(self) -> int:
         """Training examples processed (federated: summed over clients and
         local epochs, as the rounds reported them; centralized: per epoch)."""
-        if self.metrics and "num_examples" in self.metrics[0]:
+        if self.diverged is not None or (self.metrics and "num_examples" in self.metrics[0]):
+            # (A run that diverged in its first round has no rows: 0.)
             return int(sum(float(r["num_examples"]) for r in self.metrics))
         epochs = len(self.metrics)
         return int(epochs * self.summary["task"]["train_utterances"])

@@ -155,6 +155,19 @@ def test_findings_verdicts_pair_the_seeds():
     assert findings.judge(cheaper, results, 0.1) is None
 
 
+def test_a_run_diverged_in_its_first_round_trained_on_nothing(tmp_path):
+    from bench import runs
+    from tff_prune.program import divergence
+    run_dir = tmp_path / "diverged"
+    run_dir.mkdir()
+    divergence.write_record(str(run_dir), divergence.DivergedError("diverged", 1))
+    # No metrics.csv, no eval.csv, no summary: the round never finished.
+    run = runs.load_diverged_run("diverged", str(run_dir), 3.0)
+    assert run.diverged["round"] == 1 and run.summary == {}
+    assert run.examples_trained == 0 and run.train_seconds == 0.0
+    assert run.eval_column("cer") == []
+
+
 def test_findings_never_score_a_diverged_run():
     from bench import findings
     better = findings.Finding("a beats b", "", "better", "a", "b")
