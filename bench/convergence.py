@@ -59,6 +59,16 @@ VARIANTS = {
                      ["--server_optimizer=lamb", "--server_learning_rate=0.1"]),
     "fedlamb_3e-1": ("client Adam 3e-3, server LAMB 3e-1",
                      ["--server_optimizer=lamb", "--server_learning_rate=0.3"]),
+    # LAMB with a larger tau (its step follows the averaged delta's
+    # direction where the delta is below tau, not its sign), and with a
+    # warm-up of the server rate.
+    "fedlamb_1e-1_tau_1e-1": ("client Adam 3e-3, server LAMB 1e-1, tau 1e-1",
+                              ["--server_optimizer=lamb", "--server_learning_rate=0.1",
+                               "--server_epsilon=0.1"]),
+    "fedlamb_1e-1_warmup": ("client Adam 3e-3, server LAMB 1e-1, 5 warm-up rounds, cosine",
+                            ["--server_optimizer=lamb", "--server_learning_rate=0.1",
+                             "--server_lr_schedule=warmup_cosine",
+                             "--server_lr_warmup_rounds=5"]),
     "fedadam_1e-3": ("client Adam 3e-3, server Adam 1e-3 (FedAdam)",
                      ["--server_optimizer=adam", "--server_learning_rate=0.001"]),
     "fedavgm_m0.5": ("client Adam 3e-3, server SGD 1.0 + momentum 0.5",
