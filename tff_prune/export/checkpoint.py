@@ -80,16 +80,22 @@ def read_record(model_dir: str, summary: dict) -> dict[str, Any]:
     return record
 
 
+def locate_saved_model(checkpoint: str) -> tuple[str, dict, dict[str, Any]]:
+    """(weights prefix, the run's summary or {}, model record) of a saved run
+    (`FileNotFoundError` when there is no model or no record)."""
+    prefix = resolve_weights_prefix(checkpoint)
+    model_dir = os.path.dirname(prefix)
+    summary = _read_json(os.path.join(os.path.dirname(model_dir), "summary.json")) or {}
+    return prefix, summary, read_record(model_dir, summary)
+
+
 def load_saved_run(checkpoint: str, task_export_for: TaskExportFor) -> SavedRun:
     """Rebuilds the model of a saved run and restores its weights.
 
     ``task_export_for`` turns the run's model record into its task's serving
     side (`tff_prune.program.registry.task_export`).
     """
-    prefix = resolve_weights_prefix(checkpoint)
-    model_dir = os.path.dirname(prefix)
-    summary = _read_json(os.path.join(os.path.dirname(model_dir), "summary.json")) or {}
-    record = read_record(model_dir, summary)
+    prefix, summary, record = locate_saved_model(checkpoint)
     export = task_export_for(record)
     model = export.build_model()
     status = model.load_weights(prefix)

@@ -10,8 +10,6 @@ another architecture is one line naming the mismatch.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 
 import tensorflow as tf
@@ -54,14 +52,8 @@ def load_initial_model(path: str, task_name: str, task: base.FederatedTask) -> t
     except FileNotFoundError:
         raise _mismatch(path, "holds no saved model: expected a run's folder, its "
                               "final_model/ or a weights prefix") from None
-    model_dir = os.path.dirname(prefix)
-    summary_path = os.path.join(os.path.dirname(model_dir), "summary.json")
-    summary = {}
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            summary = json.load(f)
     try:
-        record = checkpoint.read_record(model_dir, summary)
+        _, _, record = checkpoint.locate_saved_model(path)
     except FileNotFoundError:
         raise _mismatch(path, "has no model record (model_config.json or the run's "
                               "summary.json): cannot tell which model it is") from None
