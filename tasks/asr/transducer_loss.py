@@ -27,9 +27,9 @@ read at (T_b - 1, U_b).
 Memory is the joint tensor's: B x T x (U+1) x V floats, held about four
 times over (logits, log-softmax, their gradients). Measured once
 (2026-12-07, this 2-core machine, loss and gradient in one tf.function on
-random logits; a one-off script, not kept in bench/): B=8, T=400 frames (16 s after 4x subsampling), U=200
-characters, V=30 is a 77 MB joint tensor and raised the process's peak
-RSS by 296 MB, in under a second.
+random logits; a one-off script, not kept in bench/): B=8, T=400 frames
+(16 s after 4x subsampling), U=200 characters, V=30 is a 77 MB joint
+tensor and raised the process's peak RSS by 296 MB, in under a second.
 """
 
 from __future__ import annotations
