@@ -28,11 +28,25 @@ import pytest
 sys.dont_write_bytecode = True
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 
+# The environment of the shell pytest was started from, before importing
+# TensorFlow added its own variables to it (TF2_BEHAVIOR, TF_CPP_MIN_LOG_LEVEL,
+# KMP_*): command lines started with `shell_env()` see what a user's would.
+# (Inherited, TF2_BEHAVIOR=1 hid a `python -m tff_prune.export` that failed
+# in every shell.)
+_SHELL_ENV = dict(os.environ)
+
 # Replaces TFF's default context (which would start an unowned worker) before
 # any test can touch it; tests get workers only from the `tff_runtime` fixture.
 import tff_prune.runtime.owned  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shell_env(**extra: str) -> dict:
+    """The environment for a command line a test starts: the shell's, as a
+    user has it (not this process's, which importing TensorFlow changed),
+    plus `extra`."""
+    return {**_SHELL_ENV, **extra}
 
 # 4 train + 2 held-out test speakers x 6 utterances; ~0.5 s to synthesize.
 # The smoke presets (bazel_configs/common/smoke.flags) use the same numbers.
@@ -285,7 +299,7 @@ class PausedRun:
 
         from tff_prune.program import checkpoints  # pylint: disable=import-outside-toplevel
 
-        env = dict(os.environ, **{checkpoints.PAUSE_AFTER_CHECKPOINT_ENV: str(round_num)})
+        env = shell_env(**{checkpoints.PAUSE_AFTER_CHECKPOINT_ENV: str(round_num)})
         self.stderr_path = log_dir / f"paused_{round_num}.stderr"
         # Files, not pipes: a chatty child never blocks on a full pipe.
         with open(log_dir / f"paused_{round_num}.stdout", "w") as out, \

@@ -17,13 +17,14 @@ import sys
 import pytest
 
 from conftest import run_program_here
+from conftest import shell_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(args, timeout=600):
     """run_experiment.py as a user runs it: its own process."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = shell_env(PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, os.path.join(REPO, "run_experiment.py"), *args],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 

@@ -25,6 +25,7 @@ import tensorflow as tf
 from conftest import PausedRun
 from conftest import build_once
 from conftest import run_program_here
+from conftest import shell_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +80,7 @@ class _Worker:
                 [sys.executable, "-m", "tff_prune.worker", f"--port={self.port}",
                  f"--feature_cache_dir={features}"],
                 cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONPATH=REPO))
+                env=shell_env(PYTHONPATH=REPO))
             if self._wait_listening():
                 return
         raise AssertionError(f"no worker could listen: {open(log_path).read()[-2000:]}")

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from conftest import shell_env
 from tasks.asr import ctc
 from tasks.asr import features as features_lib
 from tasks.asr import librispeech
@@ -98,7 +99,7 @@ def exported(tmp_path_factory, tiny_corpus_dir):
     run_dir = str(tmp / "experiments" / "structured_column_s50")
     _save_as_run(masked, run_dir, tiny_corpus_dir)
     base = str(tmp / "serving")
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = shell_env(PYTHONPATH=ROOT)
     cli = subprocess.run(
         [sys.executable, "-m", "tff_prune.export", f"--checkpoint={run_dir}",
          f"--export_dir={base}", "--model_name=asr"],

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from conftest import shell_env
+
 from tff_prune import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +28,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def _run_report(root: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tff_prune.report",
                            f"--root_output_dir={root}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=shell_env(), capture_output=True, text=True,
+                          timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,11 @@ import sys
 # imported; not setdefault, see there). TFF_PRUNE_TF_LOG_LEVEL=0 shows all.
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TFF_PRUNE_TF_LOG_LEVEL", "3")
 
+# Before absl's app.run: TensorFlow 2.14 imported first inside app.run's main
+# builds Keras functional models from graph tensors ("'SymbolicTensor' object
+# has no attribute 'node'" when the saved model is rebuilt). run_experiment.py
+# imports it with its flag definitions, before app.run, too.
+import tensorflow  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
 from absl import app  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 
