@@ -67,14 +67,17 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
     # The uninterrupted reference and the last resume run in this process
     # (`app.run(main)`); the killed runs are real command lines.
     ref = run_program_here(capsys, _args(tiny_corpus_dir, tmp_path, "reference",
-                                         **OPTIMIZATION)[2:])
+                                         export_dir="none", **OPTIMIZATION)[2:])
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     # 1. The TFF worker dies after round 1's checkpoint: the run ends at once
     # with one line naming it (exit 3), no hang, the checkpoint intact.
     root = tmp_path / "interrupted"
     run_dir = root / "run"
-    args = _args(tiny_corpus_dir, root, checkpoint_every_rounds=1, **OPTIMIZATION)
+    # No export (test_cli and the extension test below check it): the run's
+    # rounds, checkpoints and final model are what this test compares.
+    args = _args(tiny_corpus_dir, root, checkpoint_every_rounds=1, export_dir="none",
+                 **OPTIMIZATION)
     paused = PausedRun(args, 1, tmp_path)
     worker = _worker_pid(paused.proc)
     # The worker runs two client computations per core (--worker_concurrency=0).
