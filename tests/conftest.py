@@ -48,6 +48,7 @@ def shell_env(**extra: str) -> dict:
     plus `extra`."""
     return {**_SHELL_ENV, **extra}
 
+
 # 4 train + 2 held-out test speakers x 6 utterances; ~0.5 s to synthesize.
 # The smoke presets (bazel_configs/common/smoke.flags) use the same numbers.
 TINY_CORPUS_PARAMS = {

@@ -13,7 +13,6 @@ import sys
 import pytest
 
 from conftest import shell_env
-
 from tff_prune import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
