@@ -212,10 +212,20 @@ class WorkerProcess:
                         f"{timeout_s:.0f}s; see {self.log_path}")
             time.sleep(0.05)
 
+    def observe_peak_rss(self) -> Optional[int]:
+        """The worker's peak resident memory so far: the largest VmHWM read.
+        (A later VmHWM can be lower: the kernel reports the current RSS where
+        that exceeds the high-water mark it recorded, which only some unmaps
+        update.)"""
+        reading = process_peak_rss_bytes(self.pid)
+        if reading is not None:
+            self.peak_rss_bytes = max(self.peak_rss_bytes or 0, reading)
+        return self.peak_rss_bytes
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; always reaps the child."""
         if not self.stopped:
-            self.peak_rss_bytes = process_peak_rss_bytes(self.pid)
+            self.observe_peak_rss()
         self.stopped = True
         with contextlib.suppress(Exception):
             self.stub.close()
@@ -539,7 +549,7 @@ class LocalRuntime:
     def worker_peak_rss_bytes(self) -> dict[str, Optional[int]]:
         """Each owned worker's peak resident memory so far, by address (read
         at stop once stopped; None for remote workers)."""
-        return {w.address: (w.peak_rss_bytes if w.stopped else process_peak_rss_bytes(w.pid))
+        return {w.address: (w.peak_rss_bytes if w.stopped else w.observe_peak_rss())
                 if isinstance(w, WorkerProcess) else None
                 for w in self.workers}
 
