@@ -29,3 +29,22 @@ def test_step_flops_are_the_profilers_figure_without_its_stderr_line(micro_task,
     profiled = tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
     assert "no flops stats" in capsys.readouterr().err  # the line the profiler writes
     assert flops == profiled > 0
+
+
+def test_a_count_on_a_models_first_build_stands_for_its_architecture(micro_task):
+    # The run counts each client model on the build it makes anyway (before
+    # TFF traces it): the figure is a fresh build's, and no build is added.
+    from tff_prune.model import wrappers  # pylint: disable=import-outside-toplevel
+    from tff_prune.program import accounting  # pylint: disable=import-outside-toplevel
+
+    reference = micro_task.build_model()
+    builds = []
+
+    def model_fn():
+        builds.append(1)
+        return wrappers.wrap_for_pruning(reference, wrappers.select_prunable_layers(reference))
+
+    counted = accounting.ClientStepFlops(micro_task, seed=0)
+    counted.count(model_fn, model_fn())
+    assert counted(model_fn) > 0 and len(builds) == 1
+    assert counted(model_fn) == accounting.ClientStepFlops(micro_task, seed=0)(model_fn)

@@ -259,10 +259,15 @@ class CompactRounds:
     """
 
     def __init__(self, built, compactor: Compactor,
-                 compose: Optional[Callable[[tff.Computation], tff.Computation]] = None):
+                 compose: Optional[Callable[[tff.Computation], tff.Computation]] = None,
+                 on_model_built: Optional[Callable[[Callable[[], tf.keras.Model],
+                                                    tf.keras.Model], None]] = None):
         """`compose` turns a round computation into the one the driver calls
-        (e.g. with client datasets built from ids; `client_data.ClientInputs`)."""
+        (e.g. with client datasets built from ids; `client_data.ClientInputs`).
+        `on_model_built(model_fn, model)` sees each architecture's first
+        build before its computations are traced (as the process's)."""
         self.built = built
+        self._on_model_built = on_model_built
         self.compose = compose or (lambda computation: computation)
         self.compactor = compactor
         self.compacts = not isinstance(compactor, FullSizeModel)
@@ -296,6 +301,8 @@ class CompactRounds:
                 # Wrapped clones of one built model (as the process's model_fn).
                 return wrappers.wrap_for_pruning(compact, prunable)
             model = model_fn()
+            if self._on_model_built is not None:
+                self._on_model_built(model_fn, model)
             self._indexes[widths] = (model_fn, wrappers.index_prunable_weights(model), model)
             while len(self._indexes) > KEPT_ARCHITECTURES:
                 self._indexes.popitem(last=False)

@@ -92,6 +92,8 @@ def build_federated_pruning_process(
     delta_aggregator: Optional[aggregation.MaskedWeightedMeanFactory] = None,
     seed: int = 0,
     initial_model: Optional[tf.keras.Model] = None,
+    on_model_built: Optional[Callable[[Callable[[], tf.keras.Model], tf.keras.Model],
+                                      None]] = None,
 ) -> FederatedPruningProcess:
     """Federated pruning of `task`'s model as a `LearningProcess`.
 
@@ -104,6 +106,9 @@ def build_federated_pruning_process(
       seed: initial weights (unless `initial_model` gives them).
       initial_model: the task's model (unwrapped) whose weights the process
         starts from, e.g. a seed model trained elsewhere; masks start all ones.
+      on_model_built: called with (model_fn, a model it built) before the
+        first trace, while that model can still be called (e.g. to count its
+        FLOPs: `accounting.ClientStepFlops.count`).
     """
     _validate_optimizer_hparams(client_optimizer, server_optimizer)
     # Seeded before the first model is built: the seed alone fixes the
@@ -125,6 +130,8 @@ def build_federated_pruning_process(
     # One model for the index, the initial weights and the weights' type:
     # building (and wrapping) a Keras model is a large part of tracing cost.
     model = model_fn()
+    if on_model_built is not None:
+        on_model_built(model_fn, model)
     if initial_model is not None:
         wrappers.assign_unwrapped_weights(model, initial_model)
     index = wrappers.index_prunable_weights(model)

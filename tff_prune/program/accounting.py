@@ -63,14 +63,30 @@ class ClientStepFlops:
     once per client model (architecture)."""
 
     def __init__(self, task: base.FederatedTask, seed: int):
-        self._batch = next(iter(task.client_dataset(task.train_client_ids[0],
-                                                    training=True, seed=seed)))
         self._task = task
+        self._seed = seed
+        self._batch = None
         # Weak: a forgotten architecture's model function is not kept for this.
         self._flops: weakref.WeakKeyDictionary[Callable, int] = weakref.WeakKeyDictionary()
 
+    def _measure(self, model: tf.keras.Model) -> int:
+        if self._batch is None:
+            # Read at the first count, once the process has seeded TensorFlow
+            # with the run's seed: the shuffle that picks this batch combines
+            # its own seed with TensorFlow's global one.
+            self._batch = next(iter(self._task.client_dataset(
+                self._task.train_client_ids[0], training=True, seed=self._seed)))
+        return client_cost.training_step_flops(self._task, model, self._batch)
+
+    def count(self, model_fn: Callable[[], tf.keras.Model], model: tf.keras.Model) -> None:
+        """Measures `model_fn`'s architecture on `model`, one of its builds,
+        sparing a Keras build of its own. Call it before TFF traces another
+        model: Keras cannot call a model built eagerly once a model was built
+        inside a `tf.compat.v1.Graph` ("invalid state")."""
+        if model_fn not in self._flops:
+            self._flops[model_fn] = self._measure(model)
+
     def __call__(self, model_fn: Callable[[], tf.keras.Model]) -> int:
         if model_fn not in self._flops:
-            self._flops[model_fn] = client_cost.training_step_flops(
-                self._task, model_fn(), self._batch)
+            self._flops[model_fn] = self._measure(model_fn())
         return self._flops[model_fn]

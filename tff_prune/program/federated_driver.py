@@ -76,17 +76,19 @@ def client_model_used(config: ExperimentConfig, task: base.FederatedTask) -> str
 def build_rounds(config: ExperimentConfig, task: base.FederatedTask,
                  built: process_lib.FederatedPruningProcess,
                  compose: Optional[Callable] = None,
+                 on_model_built: Optional[Callable] = None,
                  ) -> Optional[compact_rounds.CompactRounds]:
     """What runs the rounds: compact rounds, masked rounds in the sparse
     form (both with the process's own rounds where clients score pruned
     weights), or (None, no pruning) the process itself. `compose` adapts
-    each round computation to how client data arrive (`client_data`)."""
+    each round computation to how client data arrive (`client_data`);
+    `on_model_built` is `CompactRounds`'."""
     if not config.pruning.enabled:
         return None
     compactor = task.compactor()
     if client_model_used(config, task) != "compact":
         compactor = compact_rounds.FullSizeModel(task.build_model)
-    return compact_rounds.CompactRounds(built, compactor, compose)
+    return compact_rounds.CompactRounds(built, compactor, compose, on_model_built)
 
 
 def _divergence_settings(fed: FederatedConfig, rates: dict) -> str:
@@ -110,11 +112,15 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
     if fed.clip_norm > 0:
         # Clips each client's own delta before weighting (see aggregation.py).
         delta_factory = aggregation.MaskedWeightedMeanFactory(clip_norm=fed.clip_norm)
+    # Each client model's FLOPs are counted on its first build, before it is
+    # traced: no Keras build just for the count.
+    step_flops = accounting.ClientStepFlops(task, config.seed)
     built = process_lib.build_federated_pruning_process(
         task, config.pruning,
         client_optimizer=fed.client_optimizer_built(),
         server_optimizer=fed.server_optimizer_built(),
-        delta_aggregator=delta_factory, seed=config.seed, initial_model=initial_model)
+        delta_aggregator=delta_factory, seed=config.seed, initial_model=initial_model,
+        on_model_built=step_flops.count)
     # Clients build their datasets from ids inside the workers where the task
     # allows it (only ids cross the wire); else the controller sends datasets.
     train_inputs = client_data.ClientInputs(task, training=True, epochs=fed.client_epochs,
@@ -134,9 +140,8 @@ def run_federated(config: ExperimentConfig, task: base.FederatedTask,
     schedule = config.pruning.schedule
     final_eval: dict = {}
     client_model = client_model_used(config, task)
-    rounds = build_rounds(config, task, built, train_inputs.compose)
+    rounds = build_rounds(config, task, built, train_inputs.compose, step_flops.count)
     dense_bytes = accounting.dense_bytes_per_client(built.index)
-    step_flops = accounting.ClientStepFlops(task, config.seed)
     client_lr = fed.lr_schedule("client")
     concurrency = worker_concurrency(fed.worker_concurrency)
     # The owned workers' peak memory before the first compact round of this
