@@ -215,8 +215,8 @@ class WorkerProcess:
     def observe_peak_rss(self) -> Optional[int]:
         """The worker's peak resident memory so far: the largest VmHWM read.
         (A later VmHWM can be lower: the kernel reports the current RSS where
-        that exceeds the high-water mark it recorded, which only some unmaps
-        update.)"""
+        that exceeds the high-water mark it recorded, and it records one only
+        when it frees pages, not as the RSS grows.)"""
         reading = process_peak_rss_bytes(self.pid)
         if reading is not None:
             self.peak_rss_bytes = max(self.peak_rss_bytes or 0, reading)
