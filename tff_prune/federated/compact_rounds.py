@@ -260,8 +260,7 @@ class CompactRounds:
 
     def __init__(self, built, compactor: Compactor,
                  compose: Optional[Callable[[tff.Computation], tff.Computation]] = None,
-                 on_model_built: Optional[Callable[[Callable[[], tf.keras.Model],
-                                                    tf.keras.Model], None]] = None):
+                 on_model_built: Optional[wrappers.OnModelBuilt] = None):
         """`compose` turns a round computation into the one the driver calls
         (e.g. with client datasets built from ids; `client_data.ClientInputs`).
         `on_model_built(model_fn, model)` sees each architecture's first

@@ -92,8 +92,7 @@ def build_federated_pruning_process(
     delta_aggregator: Optional[aggregation.MaskedWeightedMeanFactory] = None,
     seed: int = 0,
     initial_model: Optional[tf.keras.Model] = None,
-    on_model_built: Optional[Callable[[Callable[[], tf.keras.Model], tf.keras.Model],
-                                      None]] = None,
+    on_model_built: Optional[wrappers.OnModelBuilt] = None,
 ) -> FederatedPruningProcess:
     """Federated pruning of `task`'s model as a `LearningProcess`.
 

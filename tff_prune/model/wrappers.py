@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import tensorflow as tf
@@ -72,6 +72,12 @@ class ServerMaskedPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
         if "training" in inspect.getfullargspec(self.layer.call).args:
             return self.layer.call(inputs, training=training, **kwargs)
         return self.layer.call(inputs, **kwargs)
+
+
+# Called with (model_fn, a model it just built), before any trace: the one
+# window in which that eagerly built model can still be called (Keras
+# refuses once a model was built inside TFF's `tf.compat.v1.Graph`).
+OnModelBuilt = Callable[[Callable[[], tf.keras.Model], tf.keras.Model], None]
 
 
 def kernel_attribute(layer: tf.keras.layers.Layer) -> str:

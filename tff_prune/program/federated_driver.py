@@ -23,6 +23,7 @@ from tff_prune.federated import compact_rounds
 from tff_prune.federated import federated_eval
 from tff_prune.federated import optimizers
 from tff_prune.federated import process as process_lib
+from tff_prune.model import wrappers
 from tff_prune.program import accounting
 from tff_prune.program import checkpoints
 from tff_prune.program import divergence
@@ -76,7 +77,7 @@ def client_model_used(config: ExperimentConfig, task: base.FederatedTask) -> str
 def build_rounds(config: ExperimentConfig, task: base.FederatedTask,
                  built: process_lib.FederatedPruningProcess,
                  compose: Optional[Callable] = None,
-                 on_model_built: Optional[Callable] = None,
+                 on_model_built: Optional[wrappers.OnModelBuilt] = None,
                  ) -> Optional[compact_rounds.CompactRounds]:
     """What runs the rounds: compact rounds, masked rounds in the sparse
     form (both with the process's own rounds where clients score pruned
