@@ -183,11 +183,9 @@ def preset_config(path: str, *extra: str):
         flags.FLAGS.unparse_flags()
 
 
-def loop_dataset_options(computation) -> list:
-    """The `tf.data.Options` protos of every `OptionsDataset` in the TensorFlow
-    graphs (and their function libraries) that `computation` (a TFF
-    computation) runs: what its client loops' datasets are read with."""
-    from tensorflow.core.framework import dataset_options_pb2  # pylint: disable=import-outside-toplevel
+def _tf_graph_nodes(computation) -> list:
+    """The NodeDefs of every TensorFlow graph (and its function library)
+    inside `computation`, a TFF computation: what its workers run."""
     from tensorflow.core.framework import graph_pb2  # pylint: disable=import-outside-toplevel
     from tensorflow_federated.python.core.impl.computation import computation_impl  # pylint: disable=import-outside-toplevel
 
@@ -203,14 +201,26 @@ def loop_dataset_options(computation) -> list:
                 for item in value if field.label == field.LABEL_REPEATED else [value]:
                     yield from graphs(item)
 
+    return [node for graph in graphs(computation_impl.ConcreteComputation.get_proto(computation))
+            for node in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]]
+
+
+def computation_op_types(computation) -> set[str]:
+    """The TensorFlow op types `computation` (a TFF computation) runs."""
+    return {node.op for node in _tf_graph_nodes(computation)}
+
+
+def loop_dataset_options(computation) -> list:
+    """The `tf.data.Options` protos of every `OptionsDataset` that
+    `computation` (a TFF computation) runs: what its client loops' datasets
+    are read with."""
+    from tensorflow.core.framework import dataset_options_pb2  # pylint: disable=import-outside-toplevel
     found = []
-    for graph in graphs(computation_impl.ConcreteComputation.get_proto(computation)):
-        nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
-        for node in nodes:
-            if node.op == "OptionsDataset":
-                options = dataset_options_pb2.Options()
-                options.ParseFromString(node.attr["serialized_options"].s)
-                found.append(options)
+    for node in _tf_graph_nodes(computation):
+        if node.op == "OptionsDataset":
+            options = dataset_options_pb2.Options()
+            options.ParseFromString(node.attr["serialized_options"].s)
+            found.append(options)
     return found
 
 

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from conftest import loop_dataset_options
+from conftest import computation_op_types, loop_dataset_options
 from tasks.asr import compaction
 from tasks.asr import text
 from tff_prune.federated import client_data
@@ -239,17 +239,22 @@ def _with_more_columns_pruned(state, built, layer: str, count: int):
         global_model_weights=weights._replace(non_trainable=non_trainable))
 
 
-def test_client_loops_read_their_data_without_tf_datas_rewrites(switched):
+def test_client_loops_read_their_data_by_iterator_without_tf_datas_rewrites(switched):
     # tf.data rewrites a dataset's graph (with the whole training step in its
-    # function library) every time a loop over it starts: in TFF's worker, for
-    # every client of every round. The full-size round's clients and the
-    # compact round's read theirs with the default rewrites off.
+    # function library) every time a loop over it starts, and a loop over
+    # the dataset itself (a scan) has its step function instantiated anew:
+    # in TFF's worker, for every client of every round. The full-size
+    # round's clients and the compact round's read theirs through an
+    # iterator in a while loop, read ahead, with the default rewrites off.
     built, rounds, state = switched
     for computation in (built.process.next, rounds.architecture(rounds.plan(state)).next):
         options = loop_dataset_options(computation)
         assert len(options) == 1, options  # the one client loop
         assert options[0].optimization_options.HasField("apply_default_optimizations")
         assert not options[0].optimization_options.apply_default_optimizations
+        ops = computation_op_types(computation)
+        assert {"IteratorGetNextAsOptional", "PrefetchDataset"} <= ops, ops
+        assert not ops & {"ReduceDataset", "ScanDataset"}, ops & {"ReduceDataset", "ScanDataset"}
 
 
 def test_only_the_latest_architectures_stay_built(micro_task, switched, tff_runtime):

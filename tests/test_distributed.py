@@ -169,6 +169,10 @@ def test_killed_remote_worker_ends_the_run_and_a_rerun_splits_the_cohort_like_on
     args = _args(tiny_corpus_dir, tmp_path, features, "run",
                  workers=",".join(w.address for w in workers), worker_lost_after_s=3)
     try:
+        # The worker program became worker_binary (same pid) with an inter-op
+        # pool of two threads per call it runs at once (no limit: two per core).
+        env = psutil.Process(workers[0].proc.pid).environ()
+        assert env["TF_NUM_INTEROP_THREADS"] == str(4 * os.cpu_count()), env
         lost = workers[1]
         code, err = _killed_run(args, tmp_path, lost)
         assert code == 3, err[-3000:]

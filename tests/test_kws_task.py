@@ -13,7 +13,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_model_optimization as tfmot
 
-from conftest import loop_dataset_options
+from conftest import computation_op_types, loop_dataset_options
 from tasks.kws import compaction
 from tasks.kws import corpus as corpus_lib
 from tasks.kws import export as export_lib
@@ -369,10 +369,13 @@ def test_federated_rounds_compact_exactly_and_export_a_serving_model(
     # tracing a TFF computation invalidates the Keras models built before it.
     evaluate = federated_eval.build_federated_evaluation(
         kws_task, built.model_fn, built.index, pruning.masks_biases)
-    # Its client loop reads the data without tf.data's per-call rewrites.
+    # Its client loop reads the data through an iterator, without tf.data's
+    # per-call rewrites (see test_compact_rounds).
     (options,) = loop_dataset_options(evaluate)
     assert options.optimization_options.HasField("apply_default_optimizations")
     assert not options.optimization_options.apply_default_optimizations
+    ops = computation_op_types(evaluate)
+    assert "IteratorGetNextAsOptional" in ops and "ReduceDataset" not in ops
     federated = federated_eval.finalize_eval_sums(kws_task, evaluate(
         state.global_model_weights,
         [kws_task.client_dataset(c, training=False) for c in kws_task.test_client_ids]))

@@ -83,6 +83,9 @@ def test_killed_worker_and_killed_run_resume_to_the_same_result(tiny_corpus_dir,
     # The worker runs two client computations per core (--worker_concurrency=0).
     assert (f"--max_concurrent_computation_calls={2 * os.cpu_count()}"
             in psutil.Process(worker).cmdline())
+    # Its inter-op pool has two threads per such call (its client loops run
+    # their ops there; TensorFlow's default is one per core).
+    assert psutil.Process(worker).environ()["TF_NUM_INTEROP_THREADS"] == str(4 * os.cpu_count())
     os.kill(worker, signal.SIGKILL)
     assert paused.resume_and_wait() == 3, paused.stderr()[-3000:]
     err = paused.stderr()

@@ -187,3 +187,14 @@ def test_computation_outside_runtime_fails_loudly(tmp_path):
                          timeout=120)
     assert "REFUSED no TFF runtime is running" in out.stdout, out.stderr[-2000:]
     assert "CHILDREN 0" in out.stdout
+
+
+def test_worker_environment_sizes_the_inter_op_pool_per_call_and_keeps_a_users_value():
+    from tff_prune.runtime import worker_binary
+    assert worker_binary.worker_environment(4, base={"A": "1"}) == {
+        "A": "1", "TF_NUM_INTEROP_THREADS": "8"}
+    # No limit: counted as two calls per core.
+    assert worker_binary.worker_environment(-1, base={})["TF_NUM_INTEROP_THREADS"] == str(
+        4 * os.cpu_count())
+    assert worker_binary.worker_environment(4, base={"TF_NUM_INTEROP_THREADS": "3"}) == {
+        "TF_NUM_INTEROP_THREADS": "3"}

@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     print(f"tff_prune.worker: TFF worker on port {port} (pid {os.getpid()}), "
           f"feature cache {cache_dir}", flush=True)
     sys.stderr.flush()
-    os.execv(command[0], command)
+    os.execve(command[0], command, worker_binary.worker_environment(_MAX_CONCURRENT.value))
     return 0  # not reached
 
 

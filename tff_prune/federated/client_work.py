@@ -160,7 +160,8 @@ def build_pruning_client_work(
         num_examples = tf.constant(0, tf.int64)
         loss_sum = tf.constant(0.0, tf.float32)
 
-        for batch in client_data.without_rewrites(dataset):
+        # A while loop over an iterator, not a scan instantiated per call.
+        for batch in client_data.loop_batches(dataset):
             with tf.GradientTape() as tape:
                 loss, n = task.batch_loss(model, batch, training=True)
             grads = tape.gradient(loss, trainable)

@@ -57,11 +57,12 @@ def build_federated_evaluation(
         batch_sums = tf.function(
             lambda b: evaluation.evaluation_sums(task, model, b)
         ).get_concrete_function(task.batch_spec)
-        zeros = tf.nest.map_structure(lambda t: tf.zeros(t.shape, tf.float64),
-                                      batch_sums.structured_outputs)
-        return client_data.without_rewrites(dataset).reduce(
-            zeros, lambda totals, batch: tf.nest.map_structure(
-                tf.add, totals, batch_sums(batch)))
+        totals = tf.nest.map_structure(lambda t: tf.zeros(t.shape, tf.float64),
+                                       batch_sums.structured_outputs)
+        # A while loop over an iterator, as the client work's (see there).
+        for batch in client_data.loop_batches(dataset):
+            totals = tf.nest.map_structure(tf.add, totals, batch_sums(batch))
+        return totals
 
     @tff.tensorflow.computation(weights_type, data_type)
     def client_eval(weights, dataset):

@@ -61,6 +61,7 @@ from tensorflow_federated.proto.v0 import executor_pb2
 from tensorflow_federated.proto.v0 import executor_pb2_grpc
 
 from tff_prune.runtime.worker_binary import worker_binary_path
+from tff_prune.runtime.worker_binary import worker_environment
 
 _PR_SET_PDEATHSIG = 1
 _READY_TIMEOUT_S = 60.0
@@ -149,6 +150,7 @@ class WorkerProcess:
         self.process = subprocess.Popen(
                 [binary, f"--port={self.port}",
                  f"--max_concurrent_computation_calls={max_concurrent_computation_calls}"],
+                env=worker_environment(max_concurrent_computation_calls),
                 stdin=subprocess.DEVNULL,
                 # Where the task's worker-side datasets open their files.
                 cwd=cwd,
