@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import collections
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -54,7 +54,7 @@ def without_rewrites(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def loop_batches(dataset: tf.data.Dataset):
+def loop_batches(dataset: tf.data.Dataset) -> Iterator[Any]:
     """An iterator over `dataset` for a client's loop inside a `tf.function`:
     `for batch in loop_batches(dataset)` becomes a while loop in the client's
     own graph, reading `LOOP_PREFETCH` batches ahead, without tf.data's
