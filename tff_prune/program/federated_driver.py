@@ -31,6 +31,7 @@ from tff_prune.program import final_model
 from tff_prune.program import metric_writers
 from tff_prune.program.experiment_config import ExperimentConfig, FederatedConfig
 from tff_prune.runtime import owned as runtime
+from tff_prune.runtime import worker_binary
 from tff_prune.task import base
 
 
@@ -54,7 +55,7 @@ def worker_concurrency(flag_value: int) -> int:
     two per core held 0.69x with round times within noise. -1 is TFF's no
     limit: a whole cohort at once, one TensorFlow session each.
     """
-    return 2 * (os.cpu_count() or 1) if flag_value == 0 else flag_value
+    return worker_binary.default_concurrent_calls() if flag_value == 0 else flag_value
 
 
 def cohort_for_round(client_ids, clients_per_round: int, seed: int,

@@ -17,6 +17,16 @@ def worker_binary_path() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "data", "worker_binary")
 
 
+#: Computation calls an owned worker runs at once by default, per CPU core
+#: (`--worker_concurrency=0`; see `program.federated_driver.worker_concurrency`).
+CALLS_PER_CORE = 2
+
+
+def default_concurrent_calls() -> int:
+    """The computation calls an owned worker runs at once by default."""
+    return CALLS_PER_CORE * (os.cpu_count() or 1)
+
+
 #: TensorFlow's variable for the size of a process's inter-op thread pool.
 INTER_OP_THREADS_ENV = "TF_NUM_INTEROP_THREADS"
 #: Inter-op threads a worker gets per computation call it runs at once.
@@ -27,7 +37,7 @@ def worker_environment(max_concurrent_computation_calls: int,
                        base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """The environment to run `worker_binary` in: `base` (default: this
     process's) with TensorFlow's inter-op pool sized for the calls it runs
-    at once (nonpositive: no limit, counted as two per core).
+    at once (nonpositive: no limit, counted as `default_concurrent_calls`).
 
     A client's loop is a while loop whose ops run on the worker's inter-op
     threads, one at a time while it waits on its data. TensorFlow's default
@@ -37,6 +47,6 @@ def worker_environment(max_concurrent_computation_calls: int,
     """
     env = dict(os.environ if base is None else base)
     calls = (max_concurrent_computation_calls if max_concurrent_computation_calls > 0
-             else 2 * (os.cpu_count() or 1))
+             else default_concurrent_calls())
     env.setdefault(INTER_OP_THREADS_ENV, str(INTER_OP_THREADS_PER_CALL * calls))
     return env
