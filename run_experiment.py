@@ -113,7 +113,8 @@ def main(argv):
                 result = export.export_checkpoint(
                     summary["outputs"]["final_model"],
                     export_dir or os.path.join(config.output_dir, "export"),
-                    registry.task_export)
+                    registry.task_export,
+                    train_artifact=experiment_flags.FLAGS.export_train_tflite)
         except export.ExportError as e:
             print(f"run_experiment.py: error: export failed: {e}; the trained model is "
                   f"kept in {summary['outputs']['final_model']} (export it later with "

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from conftest import run_program_here
 from conftest import shell_env
@@ -112,6 +113,15 @@ def test_federated_run_prints_wer_cer_and_writes_results(tiny_corpus_dir, tmp_pa
     # The pruned model was exported for TF Serving, where the run says.
     (version,) = [v for v in os.listdir(tmp_path / "export" / "asr") if v.isdigit()]
     assert (tmp_path / "export" / "asr" / version / "saved_model.pb").exists()
+    # With the on-device training artifact of the exported model, training
+    # with the run's client optimizer (Adam at 3e-3).
+    version_dir = tmp_path / "export" / "asr" / version
+    interpreter = tf.lite.Interpreter(
+        model_content=(version_dir / "assets.extra" / "train.tflite").read_bytes())
+    assert set(interpreter.get_signature_list()) == {"train", "infer", "save", "restore"}
+    optimizer = json.loads((version_dir / "assets.extra" / "export_metadata.json").read_text())[
+        "export"]["train_optimizer"]
+    assert optimizer["learning_rate"] == pytest.approx(3e-3) and "beta_2" in optimizer
     assert f"export:  {tmp_path / 'export' / 'asr' / version}" in result.stdout
     assert (out / "logs" / "tff_worker.log").exists()
     _assert_head_sparsity_everywhere(out)

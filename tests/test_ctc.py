@@ -72,29 +72,31 @@ def _random_batch(seed: int):
     return labels, label_lengths, logits, logit_lengths
 
 
-def test_loss_and_gradient_equal_tensorflows_dense_ctc():
-    # The reference: tf.nn.ctc_loss's dense-label implementation (blank 0, the
-    # padding zeroed as it requires), a different algorithm from the kernel's.
+def test_loss_and_gradient_equal_the_portable_dense_ctc():
+    # The reference: tf.nn.ctc_loss's dense-label algorithm (blank 0), a
+    # different algorithm from the kernel's, and the one the on-device
+    # training artifact runs (`portable_ctc_loss`). The labels' padding is
+    # garbage, not blanks: both must ignore it.
     labels, label_lengths, logits, logit_lengths = _random_batch(0)
-    padded_with_blank = tf.where(tf.sequence_mask(label_lengths, 15), labels, 0)
 
     def loss_and_gradient(loss_fn):
         with tf.GradientTape() as tape:
             tape.watch(logits)
-            loss = loss_fn()
+            loss = loss_fn(labels, label_lengths, logits, logit_lengths)
             total = tf.reduce_sum(loss)
         return loss.numpy(), tape.gradient(total, logits).numpy()
 
-    ours, our_grad = loss_and_gradient(
-        lambda: ctc.ctc_loss(labels, label_lengths, logits, logit_lengths))
-    reference, reference_grad = loss_and_gradient(lambda: tf.nn.ctc_loss(
-        padded_with_blank, logits, label_lengths, logit_lengths,
-        logits_time_major=False, blank_index=0))
+    ours, our_grad = loss_and_gradient(ctc.ctc_loss)
+    portable, portable_grad = loss_and_gradient(ctc.portable_ctc_loss)
+    padded_with_blank = tf.where(tf.sequence_mask(label_lengths, 15), labels, 0)
+    reference = tf.nn.ctc_loss(padded_with_blank, logits, label_lengths, logit_lengths,
+                               logits_time_major=False, blank_index=0).numpy()
     np.testing.assert_allclose(ours, reference, rtol=1e-5)
+    np.testing.assert_allclose(portable, reference, rtol=1e-6)
     # Gradients are O(1) here (peaky logits): float32 rounding of two algorithms.
-    np.testing.assert_allclose(our_grad, reference_grad, atol=1e-4)
+    np.testing.assert_allclose(our_grad, portable_grad, atol=1e-4)
     # Frames beyond an example's length get no gradient.
-    assert not our_grad[3, 12:].any()
+    assert not our_grad[3, 12:].any() and not portable_grad[3, 12:].any()
 
 
 def test_loss_in_a_tf_function_equals_eager():

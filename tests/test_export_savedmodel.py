@@ -102,7 +102,7 @@ def exported(tmp_path_factory, tiny_corpus_dir):
     env = shell_env(PYTHONPATH=ROOT)
     cli = subprocess.run(
         [sys.executable, "-m", "tff_prune.export", f"--checkpoint={run_dir}",
-         f"--export_dir={base}", "--model_name=asr"],
+         f"--export_dir={base}", "--model_name=asr", "--train_tflite=false"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0, cli.stderr[-3000:]
     v1 = os.path.join(base, "asr", "1")
@@ -142,6 +142,9 @@ def test_two_exports_are_versions_1_and_2_and_the_first_is_untouched(exported):
     assert meta["export"]["max_logit_difference"] < 1e-4
     assert meta["pruning"]["scheme"] == "structured"
     assert os.path.getsize(os.path.join(exported["v1"], pipeline.TFLITE_FILE)) > 0
+    # --train_tflite=false: no on-device training artifact (test_cli checks one).
+    assert not os.path.exists(os.path.join(exported["v1"], "assets.extra", "train.tflite"))
+    assert meta["export"]["train_tflite_bytes"] is None
 
 
 def test_graph_has_only_core_tensorflow_ops(exported):

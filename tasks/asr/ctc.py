@@ -50,6 +50,26 @@ def ctc_loss(
                                     time_major=True)
 
 
+def portable_ctc_loss(
+    labels: tf.Tensor, label_lengths: tf.Tensor, logits: tf.Tensor, logit_lengths: tf.Tensor
+) -> tf.Tensor:
+    """`ctc_loss` from core TensorFlow ops only: what TFLite can run.
+
+    TFLite has no ``CTCLoss`` kernel, not even among its select TF ops, so
+    the on-device training artifact computes the loss with
+    ``tf.nn.ctc_loss``'s dense-label algorithm (a scan of log-sum-exps and
+    its gradient, blank 0). Same arguments and result as `ctc_loss`, within
+    float rounding (tests/test_ctc.py); slower, which is why training in TF
+    uses the kernel.
+    """
+    labels = tf.cast(labels, tf.int32)
+    # The dense algorithm reads the padding: make it blanks.
+    labels = tf.where(tf.sequence_mask(label_lengths, tf.shape(labels)[1]), labels, BLANK_INDEX)
+    return tf.nn.ctc_loss(labels, tf.cast(logits, tf.float32), label_lengths,
+                          tf.cast(logit_lengths, tf.int32), logits_time_major=False,
+                          blank_index=BLANK_INDEX)
+
+
 def feasible_ctc_alignment(label_ids: Sequence[int], num_output_frames: int) -> bool:
     """Whether a CTC path exists: frames >= len(labels) + #adjacent repeats.
 

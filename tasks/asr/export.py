@@ -15,9 +15,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import tensorflow as tf
 
 from tasks.asr import compaction
+from tasks.asr import ctc
 from tasks.asr import features as features_lib
 from tasks.asr import model as model_lib
 from tasks.asr import serving
@@ -88,3 +90,41 @@ class AsrExport(base.TaskExport):
     def example_request(self) -> tuple[str, dict[str, tf.Tensor]]:
         """Batch 1, 5 s of random audio, through the whole request."""
         return serving.SERVING_SIGNATURE, serving.latency_request(serving.SERVING_SIGNATURE)
+
+    def on_device_training(self) -> base.OnDeviceTraining:
+        """One CTC step on features (TFLite has no CTC kernel: the portable loss)."""
+        num_mels = self.model_config.num_mel_bins
+        infer_inputs = {"features": tf.TensorSpec([None, None, num_mels], tf.float32),
+                        "feature_lengths": tf.TensorSpec([None], tf.int32)}
+
+        def loss(model, inputs):
+            features = {k: inputs[k] for k in infer_inputs}
+            labels = {k: inputs[k] for k in ("labels", "label_lengths")}
+            return task_lib.ctc_batch_loss(model, (features, labels), training=True,
+                                           loss_fn=ctc.portable_ctc_loss)
+
+        def infer(model, inputs):
+            return {"logits": model(dict(inputs), training=False),
+                    "logit_lengths": model_lib.output_lengths(inputs["feature_lengths"])}
+
+        return base.OnDeviceTraining(
+            train_inputs={**infer_inputs,
+                          "labels": tf.TensorSpec([None, None], tf.int32),
+                          "label_lengths": tf.TensorSpec([None], tf.int32)},
+            loss=loss, infer_inputs=infer_inputs, infer=infer)
+
+    def example_training_batch(self, seconds: float = 5.0, seed: int = 0
+                               ) -> dict[str, np.ndarray]:
+        """Batch 1: ``seconds`` of random features and a feasible random transcript
+        of 12 characters per second (no character repeated back to back)."""
+        request = serving.latency_request(serving.FEATURES_SIGNATURE, seconds, seed,
+                                          self.feature_config)
+        rng = np.random.default_rng(seed)
+        labels = [int(rng.integers(1, self.vocab_size))]
+        while len(labels) < int(12 * seconds):
+            labels.append(int((labels[-1] - 1 + rng.integers(1, self.vocab_size - 1))
+                              % (self.vocab_size - 1)) + 1)
+        return {"features": request["features"].numpy(),
+                "feature_lengths": request["feature_lengths"].numpy(),
+                "labels": np.array([labels], np.int32),
+                "label_lengths": np.array([len(labels)], np.int32)}

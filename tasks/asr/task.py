@@ -38,6 +38,20 @@ _POOLED_CYCLE_LENGTH = 8
 _POOLED_SHUFFLE_BUFFER = 2048
 
 
+def ctc_batch_loss(model: tf.keras.Model, batch: Any, training: bool,
+                   loss_fn=ctc.ctc_loss) -> tuple[tf.Tensor, tf.Tensor]:
+    """(mean CTC loss, number of examples) of a ``(features, labels)`` batch.
+
+    `AsrTask.batch_loss`; ``loss_fn`` `ctc.portable_ctc_loss` is the on-device
+    training artifact's (TFLite has no CTC kernel).
+    """
+    x, y = batch
+    logits = model(x, training=training)
+    logit_lengths = model_lib.output_lengths(x["feature_lengths"])
+    per_example = loss_fn(y["labels"], y["label_lengths"], logits, logit_lengths)
+    return tf.reduce_mean(per_example), tf.shape(per_example)[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class AsrTaskConfig:
     """Everything that decides the ASR task's data and model."""
@@ -220,12 +234,7 @@ class AsrTask(base.FederatedTask):
 
     def batch_loss(self, model: tf.keras.Model, batch: Any,
                    training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        x, y = batch
-        logits = model(x, training=training)
-        logit_lengths = model_lib.output_lengths(x["feature_lengths"])
-        per_example = ctc.ctc_loss(y["labels"], y["label_lengths"], logits,
-                                   logit_lengths)
-        return tf.reduce_mean(per_example), tf.shape(per_example)[0]
+        return ctc_batch_loss(model, batch, training)
 
     def predict_and_references(self, model: tf.keras.Model,
                                batch: Any) -> tuple[tf.Tensor, tf.Tensor]:

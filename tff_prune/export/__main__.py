@@ -32,6 +32,9 @@ _COMPACT = flags.DEFINE_enum(
     "compact", "auto", ["auto", "yes", "no"],
     "physically remove pruned units first (auto: for --pruning=structured runs)")
 _TFLITE = flags.DEFINE_bool("tflite", True, "also write assets.extra/model.tflite")
+_TRAIN_TFLITE = flags.DEFINE_bool(
+    "train_tflite", True, "also write assets.extra/train.tflite, the on-device training "
+    "artifact (one local step with the run's client optimizer; docs/serving.md)")
 _LATENCY = flags.DEFINE_bool(
     "latency", False, "measure CPU latency of the task's example request (ASR: batch 1, "
     "5 s of audio), median of 20")
@@ -51,7 +54,8 @@ def main(argv: list[str]) -> int:
     try:
         run = checkpoint.load_saved_run(_CHECKPOINT.value, registry.task_export)
         result = pipeline.export_saved_run(run, _EXPORT_DIR.value, _MODEL_NAME.value,
-                                           _COMPACT.value, _TFLITE.value)
+                                           _COMPACT.value, _TFLITE.value,
+                                           _TRAIN_TFLITE.value)
     except (FileNotFoundError, ValueError, AssertionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -40,6 +40,8 @@ class SavedRun:
     record: dict[str, Any]   # the task's model record the model was rebuilt from
     pruning: dict[str, Any]  # summary.json's config.pruning ({} when unknown)
     weights_prefix: str
+    # summary.json's config.federated ({} when unknown, e.g. centralized runs)
+    federated: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def resolve_weights_prefix(checkpoint: str) -> str:
@@ -103,4 +105,5 @@ def load_saved_run(checkpoint: str, task_export_for: TaskExportFor) -> SavedRun:
     status.assert_existing_objects_matched()
     return SavedRun(model=model, task_export=export, record=record,
                     pruning=dict(summary.get("config", {}).get("pruning", {})),
-                    weights_prefix=prefix)
+                    weights_prefix=prefix,
+                    federated=dict(summary.get("config", {}).get("federated") or {}))

@@ -1,4 +1,5 @@
-"""One export: (compaction) -> serving SavedModel -> TFLite, as a new TF Serving version.
+"""One export: (compaction) -> serving SavedModel -> TFLite (inference and on-device
+training), as a new TF Serving version.
 
 What is served is the task's (`tff_prune.task.base.TaskExport`: its signatures, its
 compaction, its equivalence batch); this module only orders the steps and
@@ -16,9 +17,11 @@ import tensorflow as tf
 
 from tff_prune.export import checkpoint as checkpoint_lib
 from tff_prune.export import compaction
+from tff_prune.export import on_device
 from tff_prune.export import savedmodel
 from tff_prune.export import serving_layout
 from tff_prune.export import tflite as tflite_lib
+from tff_prune.pruning import config as config_lib
 from tff_prune.task import base
 
 COMPACT_CHOICES = ("auto", "yes", "no")
@@ -28,6 +31,8 @@ TFLITE_SPARSE_FILE = os.path.join("assets.extra", "model_sparse.tflite")
 _SPARSE_SCHEMES = ("unstructured", "block", "m_by_n")
 # A compact model must compute what the masked one does, up to float rounding.
 EQUIVALENCE_TOLERANCE = 1e-4
+# The on-device artifact's SGD rate for runs that recorded no client optimizer.
+DEFAULT_ON_DEVICE_LEARNING_RATE = 0.01
 
 
 @dataclasses.dataclass
@@ -43,6 +48,10 @@ class ExportResult:
     max_logit_difference: Optional[float] = None
     tflite_bytes: Optional[int] = None
     tflite_sparse_bytes: Optional[int] = None
+    # The on-device training artifact (`on_device`), when written.
+    train_tflite_bytes: Optional[int] = None
+    train_select_tf_ops: Optional[list[str]] = None
+    train_optimizer: Optional[dict[str, float]] = None  # its hyperparameters
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary (also stored in the export's metadata)."""
@@ -58,6 +67,13 @@ def _strip(model: tf.keras.Model) -> tf.keras.Model:
         import tensorflow_model_optimization as tfmot  # pylint: disable=import-outside-toplevel
         return tfmot.sparsity.keras.strip_pruning(model)
     return model
+
+
+def _masks_biases(pruning: dict) -> bool:
+    """`PruningConfig.masks_biases` of a summary's pruning record ({}: none)."""
+    names = {f.name for f in dataclasses.fields(config_lib.PruningConfig)}
+    return config_lib.PruningConfig(
+        **{k: v for k, v in pruning.items() if k in names}).masks_biases
 
 
 def should_compact(compact: str, pruning: dict) -> bool:
@@ -85,6 +101,7 @@ def _compact(model: tf.keras.Model, task_export: base.TaskExport
 def export_model(model: tf.keras.Model, task_export: base.TaskExport, export_base: str,
                  model_name: Optional[str] = None, *, compact: bool = False,
                  tflite: bool = True, tflite_sparsity: bool = False,
+                 on_device_optimizer: Optional[Any] = None, mask_biases: bool = False,
                  metadata: Optional[dict] = None) -> ExportResult:
     """Exports ``model`` as the next version of ``export_base/model_name``.
 
@@ -95,6 +112,11 @@ def export_model(model: tf.keras.Model, task_export: base.TaskExport, export_bas
     < 1e-4, else nothing is written). ``tflite``: also convert the task's
     ``tflite_signature`` to ``assets.extra/model.tflite`` (and, with
     ``tflite_sparsity``, ``model_sparse.tflite``) inside the version.
+    ``on_device_optimizer``: a `tff.learning.optimizers.Optimizer`: also
+    write the exported model's on-device training artifact
+    (``assets.extra/train.tflite``, `on_device`) training with it, when the
+    task has one; ``mask_biases``: whether its masks take the biases of
+    units with an all-zero kernel (the run's `PruningConfig.masks_biases`).
     """
     model = _strip(model)
     report, diff = None, None
@@ -118,6 +140,15 @@ def export_model(model: tf.keras.Model, task_export: base.TaskExport, export_bas
                 with open(os.path.join(path, TFLITE_SPARSE_FILE), "wb") as f:
                     f.write(content)
                 result.tflite_sparse_bytes = len(content)
+        training = task_export.on_device_training() if on_device_optimizer else None
+        if training is not None:
+            content = on_device.convert(model, training, on_device_optimizer,
+                                        on_device.zero_masks(model, mask_biases))
+            with open(os.path.join(path, on_device.TRAIN_TFLITE_FILE), "wb") as f:
+                f.write(content)
+            result.train_tflite_bytes = len(content)
+            result.train_select_tf_ops = on_device.select_tf_ops(content)
+            result.train_optimizer = on_device.optimizer_hparams(on_device_optimizer)
         info = {"export": result.describe(), **task_export.metadata(),
                 "signatures": signatures, "tensorflow": tf.__version__, **(metadata or {})}
         info["export"].pop("path")
@@ -135,9 +166,20 @@ class ExportError(RuntimeError):
     """An export that failed (unwritable base, failed conversion): one line."""
 
 
+def run_client_optimizer(run: checkpoint_lib.SavedRun) -> Any:
+    """The run's client optimizer at its base learning rate (SGD at
+    `DEFAULT_ON_DEVICE_LEARNING_RATE` when the run recorded none)."""
+    # The library's optimizers by flag name; imported here: exports without
+    # an on-device artifact do not need TFF.
+    from tff_prune.federated import optimizers  # pylint: disable=import-outside-toplevel
+    return optimizers.build_optimizer(
+        run.federated.get("client_optimizer", "sgd"),
+        run.federated.get("client_learning_rate", DEFAULT_ON_DEVICE_LEARNING_RATE))
+
+
 def export_saved_run(run: checkpoint_lib.SavedRun, export_base: str,
                      model_name: Optional[str] = None, compact: str = "auto",
-                     tflite: bool = True) -> ExportResult:
+                     tflite: bool = True, train_artifact: bool = True) -> ExportResult:
     """Exports a loaded run (`checkpoint.load_saved_run`); see `export_checkpoint`."""
     try:
         compact_it = should_compact(compact, run.pruning)
@@ -149,6 +191,8 @@ def export_saved_run(run: checkpoint_lib.SavedRun, export_base: str,
             run.model, run.task_export, export_base, model_name, compact=compact_it,
             tflite=tflite,
             tflite_sparsity=tflite and run.pruning.get("scheme") in _SPARSE_SCHEMES,
+            on_device_optimizer=run_client_optimizer(run) if train_artifact else None,
+            mask_biases=_masks_biases(run.pruning),
             metadata={"source_checkpoint": os.path.abspath(run.weights_prefix),
                       "pruning": run.pruning})
     except (OSError, ValueError, RuntimeError) as e:
@@ -159,7 +203,7 @@ def export_saved_run(run: checkpoint_lib.SavedRun, export_base: str,
 def export_checkpoint(checkpoint: str, export_base: str,
                       task_export_for: checkpoint_lib.TaskExportFor,
                       model_name: Optional[str] = None, compact: str = "auto",
-                      tflite: bool = True) -> ExportResult:
+                      tflite: bool = True, train_artifact: bool = True) -> ExportResult:
     """Exports a saved run (experiment dir, its ``final_model/`` or weights prefix).
 
     ``task_export_for`` turns the run's record into its task's serving side
@@ -168,7 +212,9 @@ def export_checkpoint(checkpoint: str, export_base: str,
     ``model_name`` None is the task's. Structured runs are compacted
     (``auto``) when the task can; ``yes`` with a task that cannot is an
     `ExportError`. TFLite's sparsity optimization is tried for unstructured,
-    block and 2:4 runs.
+    block and 2:4 runs. ``train_artifact``: also write the on-device
+    training artifact, training with the run's client optimizer
+    (`run_client_optimizer`).
     """
     return export_saved_run(checkpoint_lib.load_saved_run(checkpoint, task_export_for),
-                            export_base, model_name, compact, tflite)
+                            export_base, model_name, compact, tflite, train_artifact)

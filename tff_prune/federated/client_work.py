@@ -8,9 +8,10 @@ With pruning on, each client:
 * reads the masks and the round from the broadcast `ModelWeights.non_trainable`
   (the tfmot wrappers' `mask` and `pruning_step` variables, written by the
   server);
-* applies the masks before training and after every optimizer step, and
-  masks every gradient, so pruned weights stay exactly zero throughout and the
-  optimizer state never accumulates on them;
+* applies the masks before training, then trains by
+  `tff_prune.model.local_step.masked_step` (masked gradients, masked
+  updates: pruned weights stay exactly zero throughout and the optimizer
+  state never accumulates on them);
 * receives the model in its wire form (`tff_prune.federated.client_model`: bit-packed
   masks, masked values unless it needs the dense ones) and decodes it;
 * returns its masked delta (no participation mask: every client trains under
@@ -34,6 +35,7 @@ import tensorflow_federated as tff
 
 from tff_prune.federated import client_data
 from tff_prune.federated import client_model
+from tff_prune.model import local_step
 from tff_prune.model import wrappers
 from tff_prune.pruning import bitpack
 from tff_prune.pruning import config as config_lib
@@ -162,18 +164,13 @@ def build_pruning_client_work(
 
         # A while loop over an iterator, not a scan instantiated per call.
         for batch in client_data.loop_batches(dataset):
-            with tf.GradientTape() as tape:
-                loss, n = task.batch_loss(model, batch, training=True)
-            grads = tape.gradient(loss, trainable)
+            opt_state, loss, n, grads = local_step.masked_step(
+                trainable, masks, client_optimizer, opt_state,
+                lambda batch=batch: task.batch_loss(model, batch, training=True))
             if want_taylor:
                 # Score every kernel weight (pruned ones at their dense value).
                 importance = importance_lib.accumulate_taylor(
                     importance, dense_kernels, [grads[i] for i in index.kernel_index])
-            grads = wrappers.apply_weight_masks(grads, masks)
-            opt_state, updated = client_optimizer.next(
-                opt_state, tuple(trainable), tuple(grads))
-            for v, u in zip(trainable, wrappers.apply_weight_masks(updated, masks)):
-                v.assign(u)
             num_examples += tf.cast(n, tf.int64)
             num_steps += 1
             loss_sum += loss * tf.cast(n, tf.float32)

@@ -29,6 +29,9 @@ flags.DEFINE_bool("overwrite", False,
 flags.DEFINE_string("export_dir", None,
                     "TF Serving export base (EXPORT_DIR/TASK/VERSION); default "
                     "EXPERIMENT_DIR/export; 'none' skips the export.")
+flags.DEFINE_bool("export_train_tflite", True,
+                  "The export also writes assets.extra/train.tflite, the on-device "
+                  "training artifact (one local step, docs/serving.md).")
 flags.DEFINE_enum("progress", "auto", ["auto", "on", "off"],
                   "Progress bar over rounds; auto: only on an interactive terminal.")
 

@@ -15,8 +15,9 @@
 * its compaction (`Compactor`): how a masked model is rebuilt physically
   smaller, for compact rounds and the export;
 * its serving side (`TaskExport`): a model rebuilt from the run's saved
-  record (no data loaded), and the SavedModel signatures a served request
-  uses.
+  record (no data loaded), the SavedModel signatures a served request
+  uses, and (optionally) the inputs and loss of one on-device training step
+  (`OnDeviceTraining`).
 
 A task is registered by name in `tff_prune.program.registry` with its flags (`TaskSpec`);
 `--task=NAME` picks it. See docs/adding_a_task.md.
@@ -206,6 +207,23 @@ class FederatedTask(abc.ABC):
         """JSON-able facts about the task (data sizes, model config)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class OnDeviceTraining:
+    """What a task's on-device training artifact reads and computes.
+
+    `train_inputs`: one local step's batch, flat, by input name (the
+    ``train`` signature's inputs); `loss(model, inputs)`: (mean loss, number
+    of examples) from them, with TFLite-runnable ops (core TensorFlow ops,
+    TFLite's select TF ops allowed); `infer_inputs` and `infer(model,
+    inputs)`: the ``infer`` signature's inputs and its outputs by name.
+    """
+
+    train_inputs: Mapping[str, tf.TensorSpec]
+    loss: Callable[[tf.keras.Model, Mapping[str, tf.Tensor]], tuple[tf.Tensor, tf.Tensor]]
+    infer_inputs: Mapping[str, tf.TensorSpec]
+    infer: Callable[[tf.keras.Model, Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]]
+
+
 class TaskExport(abc.ABC):
     """A task's serving side, rebuilt from a run's `model_record` (no data)."""
 
@@ -240,6 +258,16 @@ class TaskExport(abc.ABC):
     def example_request(self) -> Optional[tuple[str, Mapping[str, Any]]]:
         """One typical served request, (signature name, input tensors by name),
         for latency measurements (None: the export is not timed)."""
+        return None
+
+    def on_device_training(self) -> Optional[OnDeviceTraining]:
+        """The inputs, loss and inference of the on-device training artifact
+        (`tff_prune.export.on_device`; None: exports write none)."""
+        return None
+
+    def example_training_batch(self) -> Optional[Mapping[str, Any]]:
+        """One typical on-device training batch (`on_device_training`'s
+        `train_inputs` by name), for step latency measurements."""
         return None
 
 
