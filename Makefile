@@ -54,6 +54,7 @@ bench: venv
 	$(VPY) -m bench.pruning_overhead
 	$(VPY) -m bench.scaling
 	$(VPY) -m bench.data_scaling
+	$(VPY) -m bench.device_step --model_size=medium
 
 # The paper's findings, seeds 0 and 1 side by side (one process each, about 1 h
 # here), then judged together into bench/results/findings.{md,json}. Runs live

@@ -105,6 +105,7 @@ def main(argv):
     export_dir = experiment_flags.FLAGS.export_dir
     if export_dir != "none":
         from tff_prune import export  # pylint: disable=g-import-not-at-top
+        from tff_prune.federated import optimizers  # pylint: disable=g-import-not-at-top
         from tff_prune.program import registry  # pylint: disable=g-import-not-at-top
         native_log = os.path.join(config.output_dir, "logs", "native_stderr.log")
         try:
@@ -114,7 +115,9 @@ def main(argv):
                     summary["outputs"]["final_model"],
                     export_dir or os.path.join(config.output_dir, "export"),
                     registry.task_export,
-                    train_artifact=experiment_flags.FLAGS.export_train_tflite)
+                    on_device_optimizer_for=(optimizers.client_optimizer_of
+                                             if experiment_flags.FLAGS.export_train_tflite
+                                             else None))
         except export.ExportError as e:
             print(f"run_experiment.py: error: export failed: {e}; the trained model is "
                   f"kept in {summary['outputs']['final_model']} (export it later with "

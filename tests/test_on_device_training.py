@@ -1,6 +1,5 @@
 """The on-device training artifact (`assets.extra/train.tflite`): TFLite's steps are the client's."""
 
-import dataclasses
 import json
 import os
 
@@ -16,12 +15,12 @@ from tasks.asr import task as task_lib
 from tasks.asr import text
 from tasks.asr import units
 from tasks.asr.export import AsrExport
-from tff_prune.export import checkpoint as checkpoint_lib
 from tff_prune.export import compaction
 from tff_prune.export import masking
 from tff_prune.export import on_device
 from tff_prune.export import pipeline
 from tff_prune.export import savedmodel
+from tff_prune.federated import optimizers
 from tff_prune.model import local_step
 
 CFG = model_lib.ConformerConfig.micro(dropout=0.0)
@@ -181,15 +180,12 @@ def test_masks_keep_the_zeros_of_prunable_kernels_only(masked_model):
 
 
 def test_the_runs_client_optimizer_trains_on_device():
-    run = checkpoint_lib.SavedRun(model=None, task_export=EXPORT, record={}, pruning={},
-                                  weights_prefix="", federated={"client_optimizer": "adam",
-                                                                "client_learning_rate": 3e-3})
-    optimizer = pipeline.run_client_optimizer(run)
-    hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
-    assert "beta_1" in hparams and float(hparams["learning_rate"]) == pytest.approx(3e-3)
-    unknown = dataclasses.replace(run, federated={})
-    hparams = pipeline.run_client_optimizer(unknown).get_hparams(
-        pipeline.run_client_optimizer(unknown).initialize(tf.TensorSpec([], tf.float32)))
-    assert set(hparams) == {"learning_rate"} and float(hparams["learning_rate"]) == (
-        pytest.approx(pipeline.DEFAULT_ON_DEVICE_LEARNING_RATE))
-
+    def hparams(optimizer):
+        return optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
+    recorded = hparams(optimizers.client_optimizer_of(
+        {"client_optimizer": "adam", "client_learning_rate": 3e-3}))
+    assert "beta_1" in recorded and float(recorded["learning_rate"]) == pytest.approx(3e-3)
+    unknown = hparams(optimizers.client_optimizer_of({}))
+    assert set(unknown) == {"learning_rate"}
+    assert float(unknown["learning_rate"]) == pytest.approx(
+        optimizers.DEFAULT_CLIENT_OPTIMIZER[1])

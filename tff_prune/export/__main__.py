@@ -49,13 +49,14 @@ def main(argv: list[str]) -> int:
     from tff_prune.export import checkpoint  # pylint: disable=import-outside-toplevel
     from tff_prune.export import measure  # pylint: disable=import-outside-toplevel
     from tff_prune.export import pipeline  # pylint: disable=import-outside-toplevel
+    from tff_prune.federated import optimizers  # pylint: disable=import-outside-toplevel
     from tff_prune.program import registry  # pylint: disable=import-outside-toplevel
 
     try:
         run = checkpoint.load_saved_run(_CHECKPOINT.value, registry.task_export)
-        result = pipeline.export_saved_run(run, _EXPORT_DIR.value, _MODEL_NAME.value,
-                                           _COMPACT.value, _TFLITE.value,
-                                           _TRAIN_TFLITE.value)
+        result = pipeline.export_saved_run(
+            run, _EXPORT_DIR.value, _MODEL_NAME.value, _COMPACT.value, _TFLITE.value,
+            optimizers.client_optimizer_of if _TRAIN_TFLITE.value else None)
     except (FileNotFoundError, ValueError, AssertionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -144,11 +144,12 @@ def build_module(model: tf.keras.Model, training: base.OnDeviceTraining, optimiz
 
 
 def convert(model: tf.keras.Model, training: base.OnDeviceTraining, optimizer: Any,
-            masks: Sequence[Optional[tf.Tensor]]) -> bytes:
+            masks: Sequence[Optional[tf.Tensor]], work_dir: Optional[str] = None) -> bytes:
     """The artifact as a TFLite flatbuffer (TFLite builtins + select TF ops,
-    resource variables); see `build_module`."""
+    resource variables); see `build_module`. The SavedModel it is converted
+    from lives in a temporary folder inside `work_dir` (None: the system's)."""
     module, signatures = build_module(model, training, optimizer, masks)
-    with tempfile.TemporaryDirectory(prefix="on_device_") as path:
+    with tempfile.TemporaryDirectory(prefix=".on_device_", dir=work_dir) as path:
         tf.saved_model.save(module, path, signatures={
             name: fn.get_concrete_function() for name, fn in signatures.items()})
         converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=SIGNATURES)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from typing import Any, Optional
 
 import tensorflow as tf
@@ -31,8 +32,6 @@ TFLITE_SPARSE_FILE = os.path.join("assets.extra", "model_sparse.tflite")
 _SPARSE_SCHEMES = ("unstructured", "block", "m_by_n")
 # A compact model must compute what the masked one does, up to float rounding.
 EQUIVALENCE_TOLERANCE = 1e-4
-# The on-device artifact's SGD rate for runs that recorded no client optimizer.
-DEFAULT_ON_DEVICE_LEARNING_RATE = 0.01
 
 
 @dataclasses.dataclass
@@ -142,8 +141,10 @@ def export_model(model: tf.keras.Model, task_export: base.TaskExport, export_bas
                 result.tflite_sparse_bytes = len(content)
         training = task_export.on_device_training() if on_device_optimizer else None
         if training is not None:
+            # Converted beside the version being written (removed before it is
+            # renamed into place).
             content = on_device.convert(model, training, on_device_optimizer,
-                                        on_device.zero_masks(model, mask_biases))
+                                        on_device.zero_masks(model, mask_biases), work_dir=path)
             with open(os.path.join(path, on_device.TRAIN_TFLITE_FILE), "wb") as f:
                 f.write(content)
             result.train_tflite_bytes = len(content)
@@ -162,24 +163,20 @@ def export_model(model: tf.keras.Model, task_export: base.TaskExport, export_bas
     return result
 
 
+#: The run's recorded federated config (summary.json's ``config.federated``,
+#: ``{}`` when none) -> the `tff.learning.optimizers.Optimizer` the on-device
+#: artifact trains with.
+OptimizerFor = Callable[[dict], Any]
+
+
 class ExportError(RuntimeError):
     """An export that failed (unwritable base, failed conversion): one line."""
 
 
-def run_client_optimizer(run: checkpoint_lib.SavedRun) -> Any:
-    """The run's client optimizer at its base learning rate (SGD at
-    `DEFAULT_ON_DEVICE_LEARNING_RATE` when the run recorded none)."""
-    # The library's optimizers by flag name; imported here: exports without
-    # an on-device artifact do not need TFF.
-    from tff_prune.federated import optimizers  # pylint: disable=import-outside-toplevel
-    return optimizers.build_optimizer(
-        run.federated.get("client_optimizer", "sgd"),
-        run.federated.get("client_learning_rate", DEFAULT_ON_DEVICE_LEARNING_RATE))
-
-
 def export_saved_run(run: checkpoint_lib.SavedRun, export_base: str,
                      model_name: Optional[str] = None, compact: str = "auto",
-                     tflite: bool = True, train_artifact: bool = True) -> ExportResult:
+                     tflite: bool = True,
+                     on_device_optimizer_for: Optional[OptimizerFor] = None) -> ExportResult:
     """Exports a loaded run (`checkpoint.load_saved_run`); see `export_checkpoint`."""
     try:
         compact_it = should_compact(compact, run.pruning)
@@ -191,7 +188,8 @@ def export_saved_run(run: checkpoint_lib.SavedRun, export_base: str,
             run.model, run.task_export, export_base, model_name, compact=compact_it,
             tflite=tflite,
             tflite_sparsity=tflite and run.pruning.get("scheme") in _SPARSE_SCHEMES,
-            on_device_optimizer=run_client_optimizer(run) if train_artifact else None,
+            on_device_optimizer=(on_device_optimizer_for(run.federated)
+                                 if on_device_optimizer_for else None),
             mask_biases=_masks_biases(run.pruning),
             metadata={"source_checkpoint": os.path.abspath(run.weights_prefix),
                       "pruning": run.pruning})
@@ -203,7 +201,8 @@ def export_saved_run(run: checkpoint_lib.SavedRun, export_base: str,
 def export_checkpoint(checkpoint: str, export_base: str,
                       task_export_for: checkpoint_lib.TaskExportFor,
                       model_name: Optional[str] = None, compact: str = "auto",
-                      tflite: bool = True, train_artifact: bool = True) -> ExportResult:
+                      tflite: bool = True,
+                      on_device_optimizer_for: Optional[OptimizerFor] = None) -> ExportResult:
     """Exports a saved run (experiment dir, its ``final_model/`` or weights prefix).
 
     ``task_export_for`` turns the run's record into its task's serving side
@@ -212,9 +211,12 @@ def export_checkpoint(checkpoint: str, export_base: str,
     ``model_name`` None is the task's. Structured runs are compacted
     (``auto``) when the task can; ``yes`` with a task that cannot is an
     `ExportError`. TFLite's sparsity optimization is tried for unstructured,
-    block and 2:4 runs. ``train_artifact``: also write the on-device
-    training artifact, training with the run's client optimizer
-    (`run_client_optimizer`).
+    block and 2:4 runs. ``on_device_optimizer_for``: also write the
+    on-device training artifact, training with the optimizer it returns for
+    the run's recorded federated config (``{}`` when none; e.g.
+    `tff_prune.federated.optimizers.client_optimizer_of`, given by the
+    caller: the export does not import the federated package).
     """
     return export_saved_run(checkpoint_lib.load_saved_run(checkpoint, task_export_for),
-                            export_base, model_name, compact, tflite, train_artifact)
+                            export_base, model_name, compact, tflite,
+                            on_device_optimizer_for)

@@ -55,6 +55,20 @@ def build_optimizer(name: str, learning_rate: float, momentum: float = 0.9,
     raise config_lib.ConfigError(f"optimizer {name!r} is not one of: {', '.join(OPTIMIZERS)}")
 
 
+# Where a run recorded no client optimizer (older summaries).
+DEFAULT_CLIENT_OPTIMIZER = ("sgd", 0.01)
+
+
+def client_optimizer_of(federated_config: collections.abc.Mapping[str, Any]
+                        ) -> tff.learning.optimizers.Optimizer:
+    """A run's client optimizer at its base rate, from its recorded federated
+    config (``summary.json``'s ``config.federated``; SGD 0.01 when it has none):
+    what the export's on-device training artifact trains with."""
+    name, rate = DEFAULT_CLIENT_OPTIMIZER
+    return build_optimizer(federated_config.get("client_optimizer", name),
+                           federated_config.get("client_learning_rate", rate))
+
+
 @dataclasses.dataclass(frozen=True)
 class LearningRateSchedule:
     """The learning rate of round r (1-based), from `base`.
