@@ -25,9 +25,11 @@ from tasks.kws import task as task_lib
 from tasks.kws import units
 from tasks.kws.corpus import CLASS_NAMES, CLIP_SAMPLES, KwsCorpusError
 from tff_prune.export import masking
+from tff_prune.export import on_device
 from tff_prune.federated import federated_eval
 from tff_prune.federated import process as process_lib
 from tff_prune.model import evaluation
+from tff_prune.model import local_step
 from tff_prune.model import wrappers
 from tff_prune.program import registry
 from tff_prune.pruning import config as config_lib
@@ -383,6 +385,35 @@ def test_federated_rounds_compact_exactly_and_export_a_serving_model(
     assert set(federated) == set(pooled) and "error_stop" in pooled
     for name, value in pooled.items():
         assert federated[name] == pytest.approx(value, abs=1e-4), name
+
+
+def test_on_device_training_artifact_trains_like_the_keras_client_step(kws_task):
+    export = registry.get("kws").export(json.loads(json.dumps(kws_task.model_record())))
+    tf.keras.utils.set_random_seed(3)
+    model = export.build_model()
+    reference = export.build_model()
+    reference.set_weights(model.get_weights())
+    optimizer = tff.learning.optimizers.build_sgdm(0.05)
+    content = on_device.convert(model, export.on_device_training(), optimizer,
+                                on_device.zero_masks(model, mask_biases=False))
+    interpreter = tf.lite.Interpreter(model_content=content)
+    batch = export.example_training_batch()
+    logits = interpreter.get_signature_runner("infer")(features=batch["features"])["logits"]
+    np.testing.assert_allclose(logits, reference(batch["features"]).numpy(), atol=1e-5)
+    train = interpreter.get_signature_runner("train")
+    tflite_losses = [float(train(**batch)["loss"]) for _ in range(2)]
+    state = optimizer.initialize(tuple(tf.TensorSpec(v.shape, v.dtype)
+                                       for v in reference.trainable_weights))
+    keras_losses = []
+    for _ in range(2):
+        state, loss, _, _ = local_step.masked_step(
+            reference.trainable_weights, [None] * len(reference.trainable_weights), optimizer,
+            state, lambda: task_lib.cross_entropy_batch_loss(
+                reference, (tf.constant(batch["features"]), tf.constant(batch["labels"])),
+                training=True))
+        keras_losses.append(float(loss))
+    np.testing.assert_allclose(tflite_losses, keras_losses, rtol=1e-5)
+    assert tflite_losses[1] < tflite_losses[0]
 
 
 def test_without_worker_datasets_the_controller_sends_datasets(kws_task):

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tasks.kws import compaction
 from tasks.kws import features as features_lib
 from tasks.kws import model as model_lib
+from tasks.kws import task as task_lib
 from tasks.kws.corpus import CLIP_SAMPLES
 from tff_prune.export import compaction as compaction_lib
 from tff_prune.task import base
@@ -80,6 +81,30 @@ class KwsExport(base.TaskExport):
         module, signatures = build_serving_module(model, self.feature, self.class_names)
         tf.saved_model.save(module, path, signatures=signatures)
         return list(signatures)
+
+    def on_device_training(self) -> base.OnDeviceTraining:
+        """One cross-entropy step on a batch of log-mel clips."""
+        cfg = self.model_config
+        features = tf.TensorSpec([None, cfg.num_frames, cfg.num_mel_bins], tf.float32)
+
+        def loss(model, inputs):
+            return task_lib.cross_entropy_batch_loss(
+                model, (inputs["features"], inputs["labels"]), training=True)
+
+        def infer(model, inputs):
+            return {"logits": model(inputs["features"], training=False)}
+
+        return base.OnDeviceTraining(
+            train_inputs={"features": features, "labels": tf.TensorSpec([None], tf.int32)},
+            loss=loss, infer_inputs={"features": features}, infer=infer)
+
+    def example_training_batch(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Batch 1: one random clip's features and a random class."""
+        cfg = self.model_config
+        rng = np.random.default_rng(seed)
+        return {"features": rng.standard_normal(
+                    (1, cfg.num_frames, cfg.num_mel_bins)).astype(np.float32),
+                "labels": rng.integers(0, len(self.class_names), (1,)).astype(np.int32)}
 
     def metadata(self) -> dict[str, Any]:
         return {"model_config": dataclasses.asdict(self.model_config),

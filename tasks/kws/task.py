@@ -67,6 +67,17 @@ class _ClientArrays:
     labels: np.ndarray    # int32 [N]
 
 
+def cross_entropy_batch_loss(model: tf.keras.Model, batch: Any,
+                             training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """(mean cross-entropy, number of examples) of a ``(features, labels)`` batch
+    (`KwsTask.batch_loss`, and the on-device training artifact's loss)."""
+    features, labels = batch
+    logits = model(features, training=training)
+    per_example = tf.keras.losses.sparse_categorical_crossentropy(
+        labels, logits, from_logits=True)
+    return tf.reduce_mean(per_example), tf.shape(per_example)[0]
+
+
 class KwsTask(base.FederatedTask):
     """Keyword spotting with speakers as clients."""
 
@@ -139,11 +150,7 @@ class KwsTask(base.FederatedTask):
 
     def batch_loss(self, model: tf.keras.Model, batch: Any,
                    training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        features, labels = batch
-        logits = model(features, training=training)
-        per_example = tf.keras.losses.sparse_categorical_crossentropy(
-            labels, logits, from_logits=True)
-        return tf.reduce_mean(per_example), tf.shape(per_example)[0]
+        return cross_entropy_batch_loss(model, batch, training)
 
     @property
     def metrics(self) -> Sequence[base.Metric]:
