@@ -161,8 +161,8 @@ def convert(model: tf.keras.Model, training: base.OnDeviceTraining, optimizer: A
 
 def optimizer_hparams(optimizer: Any) -> dict[str, float]:
     """The optimizer's hyperparameters by name (what the artifact trains with)."""
-    hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
-    return {name: float(value) for name, value in hparams.items()}
+    return {name: float(value)
+            for name, value in local_step.optimizer_hparams(optimizer).items()}
 
 
 def select_tf_ops(content: bytes) -> list[str]:

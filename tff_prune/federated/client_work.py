@@ -210,8 +210,7 @@ def build_pruning_client_work(
         return tff.learning.templates.ClientResult(update=update,
                                                    update_weight=weight), metrics
 
-    hparams = client_optimizer.get_hparams(
-        client_optimizer.initialize(tf.TensorSpec([], tf.float32)))
+    hparams = local_step.optimizer_hparams(client_optimizer)
 
     @tff.federated_computation
     def init_fn():

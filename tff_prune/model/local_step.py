@@ -38,3 +38,9 @@ def masked_step(trainable: Sequence[tf.Variable], masks: Sequence[Optional[tf.Te
     for variable, value in zip(trainable, wrappers.apply_weight_masks(updated, masks)):
         variable.assign(value)
     return optimizer_state, loss, num_examples, grads
+
+
+def optimizer_hparams(optimizer: Any) -> Any:
+    """The hyperparameters of a `tff.learning.optimizers.Optimizer` (e.g.
+    ``learning_rate``), read from a fresh state."""
+    return optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
