@@ -57,7 +57,7 @@ def client_model(task: task_lib.AsrTask, variant: str, sparsity: float
     if variant == "dense":
         return model, [None] * len(model.trainable_weights)
     kernel_masks = masking.apply_magnitude_masks(
-        model, "structured", sparsity, "column", task.model_structure)
+        model, "structured", sparsity, "column", task.model_structure, task.excluded_layers)
     if variant == "compact":
         compact, _ = compaction.compact_model(model, task.model_config)
         return compact, [tf.cast(tf.not_equal(v, 0), tf.float32) if "kernel" in v.name

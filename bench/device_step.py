@@ -89,7 +89,8 @@ def _export(args, work: str) -> list[dict]:
         masking.randomize_non_kernel_weights(model, seed=args.seed)
         if sparsity:
             masking.apply_magnitude_masks(model, "structured", sparsity, "column",
-                                          units.ConformerStructure(config.num_heads))
+                                          units.ConformerStructure(config.num_heads),
+                                          model_lib.EXCLUDED_FROM_PRUNING)
         start = time.perf_counter()
         result = pipeline.export_model(
             model, export, work, f"s{int(sparsity * 100)}", compact=sparsity > 0,

@@ -64,7 +64,8 @@ def run(model_size: str, repeats: int, seed: int) -> list[dict]:
             masking.randomize_non_kernel_weights(model, seed=seed)
             if scheme != "none":
                 masking.apply_magnitude_masks(model, scheme, sparsity, "column",
-                                              units.ConformerStructure(config.num_heads))
+                                              units.ConformerStructure(config.num_heads),
+                                              model_lib.EXCLUDED_FROM_PRUNING)
             result = pipeline.export_model(
                 model, AsrExport(config, features_lib.FeatureConfig()), base, f"m{len(rows)}",
                 compact=compact, tflite=True, tflite_sparsity=scheme == "unstructured")

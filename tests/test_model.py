@@ -200,9 +200,8 @@ def test_layer_names_and_prunable():
     for layer in m.layers:
         if any(len(w.shape) >= 2 for w in layer.weights):
             assert layer.name in names, layer.name
-    # The default exclusion keeps exactly the first conv and the output layer dense.
-    assert [n for n in names if re.search(model.EXCLUDED_FROM_PRUNING, n)] == [
-        "subsample_conv1", "ctc_output"]
+    # The default exclusion keeps exactly the output layer dense.
+    assert [n for n in names if re.search(model.EXCLUDED_FROM_PRUNING, n)] == ["ctc_output"]
 
 
 def test_front_end_receptive_field(tiny):

@@ -215,6 +215,53 @@ def test_global_uses_one_ranking():
     assert (m["a/kernel"] == 0).sum() == 16 and (m["b/kernel"] == 0).sum() == 16
 
 
+def _kinds_removed(keep, s, layer):
+    """Removed fraction of each anchor group (kind of unit) in budget layer ``layer``."""
+    in_layer = s.unit_layer == layer
+    return {int(g): float((keep[in_layer & (s.unit_group == g)] == 0).mean())
+            for g in np.unique(s.unit_group[in_layer])}
+
+
+def test_uniform_removes_the_same_fraction_of_each_kind_of_unit():
+    # The subsampling's budget layer holds three kinds of unit: the output
+    # channels of subsample_conv1 (with subsample_conv2's input rows) and of
+    # subsample_conv2 (with subsample_dense's rows, via the flatten), and
+    # subsample_dense's own columns. Make the dense columns' scores 100x
+    # smaller: ranked together by score, uniform would remove dense columns
+    # only; it removes the same fraction of every kind.
+    s = structure("structured", "column")
+    scores = {k: v.numpy() for k, v in magnitude(s).items()}
+    scores["subsample_dense/kernel"] = scores["subsample_dense/kernel"] / 100.0
+    layer = int(s.unit_layer[s.unit_ids["subsample_conv2/kernel"].flat[0]])
+    assert layer == int(s.unit_layer[s.unit_ids["subsample_dense/kernel"][0, 0]])
+    for sparsity in (0.3, 0.5, 0.8):
+        keep = masks.unit_keep(scores, s, sparsity, "uniform").numpy()
+        fractions = list(_kinds_removed(keep, s, layer).values())
+        assert len(fractions) == 3 and min(fractions) > 0.0, (sparsity, fractions)
+        # Equal up to one unit of the smallest kind (8 channels, 16 columns).
+        assert max(fractions) - min(fractions) <= 1.0 / 8, (sparsity, fractions)
+        # Within each kind the lowest scores go first.
+        score = masks.unit_scores(scores, s).numpy()
+        for group in np.unique(s.unit_group[s.unit_layer == layer]):
+            kind = s.unit_group == group
+            assert score[kind & (keep == 0)].max() <= score[kind & (keep == 1)].min()
+
+
+def test_uniform_with_one_kind_per_budget_layer_is_the_score_order():
+    # Where every budget layer holds one kind, the rank keys cut exactly where
+    # the scores do (ties included: lower unit index first), so masks are
+    # computed from the scores directly.
+    s = units.unstructured({"a/kernel": (4, 6), "b/kernel": (3, 5)}, ["a", "b"])
+    rng = np.random.default_rng(3)
+    scores = {"a/kernel": rng.integers(0, 4, (4, 6)).astype(np.float32),  # many ties
+              "b/kernel": rng.standard_normal((3, 5)).astype(np.float32) * 100}
+    score = masks.unit_scores(scores, s)
+    for sparsity in (0.2, 0.5, 0.9):
+        by_score = masks.select_dropped(score, s, sparsity, per_layer=True).numpy()
+        by_rank = masks.select_dropped(masks.group_rank_keys(score, s), s, sparsity, per_layer=True).numpy()
+        assert (by_score == by_rank).all(), sparsity
+
+
 def test_ties_are_broken_by_unit_index():
     s = units.unstructured({"a/kernel": (2, 4)}, ["a"])
     scores = {"a/kernel": np.ones((2, 4), np.float32)}

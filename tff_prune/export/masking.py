@@ -23,11 +23,14 @@ from tff_prune.task import base
 def apply_magnitude_masks(model: tf.keras.Model, scheme: str, sparsity: float,
                           structure: str = "column",
                           model_structure: Optional[base.ModelStructure] = None,
+                          exclude_layers: str = "",
                           ) -> dict[str, np.ndarray]:
     """Zeroes ``model``'s smallest units in place, as a finished run would have.
 
     Masks come from `MaskDecider.from_scores` on |weight| (magnitude
-    importance, uniform allocation) over the default prunable layers. For
+    importance, uniform allocation) over every wrappable layer that
+    ``exclude_layers`` (a regex, as `--exclude_layers`) does not match: pass
+    the task's `excluded_layers` for the masks a run would decide. For
     structured schemes whose removed units lose their bias
     (`PruningConfig.masks_biases`), the bias of every fully pruned output unit
     is zeroed too. ``model_structure`` is the task's (which slices are pruned
@@ -36,7 +39,7 @@ def apply_magnitude_masks(model: tf.keras.Model, scheme: str, sparsity: float,
     'layer/kernel' key.
     """
     pruning = config_lib.PruningConfig(scheme=scheme, structure=structure)
-    wrapped = wrappers.wrap_for_pruning(model, wrappers.select_prunable_layers(model))
+    wrapped = wrappers.wrap_for_pruning(model, wrappers.select_prunable_layers(model, exclude_layers))
     index = wrappers.index_prunable_weights(wrapped)
     decider = mask_policy.MaskDecider(pruning, index,
                                        model_structure or base.ModelStructure())
