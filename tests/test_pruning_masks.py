@@ -258,7 +258,8 @@ def test_uniform_with_one_kind_per_budget_layer_is_the_score_order():
     score = masks.unit_scores(scores, s)
     for sparsity in (0.2, 0.5, 0.9):
         by_score = masks.select_dropped(score, s, sparsity, per_layer=True).numpy()
-        by_rank = masks.select_dropped(masks.group_rank_keys(score, s), s, sparsity, per_layer=True).numpy()
+        rank_keys = masks.group_rank_keys(score, s)
+        by_rank = masks.select_dropped(rank_keys, s, sparsity, per_layer=True).numpy()
         assert (by_score == by_rank).all(), sparsity
 
 
