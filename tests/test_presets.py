@@ -99,6 +99,11 @@ EXPECTED = {
     "policy_client_vote_smoke": ("column", 0.5),
     "policy_fixed_smoke": ("column", 0.5),
 }
+# How close to its target a preset's final sparsity must be: the allocation
+# cuts whole units, as close as they allow. One column unit of the KWS smoke
+# model (tiny DS-CNN, 16 channels per layer) holds 56 of its 1,152 covered
+# kernel weights (4.9%); its nearest cut to 50% is 47.9%.
+SPARSITY_TOLERANCE = {"kws_structured_smoke": 0.03}
 # The uniform column run the allocation and importance presets are compared with.
 UNIFORM = "fedprune_structured_smoke"
 
@@ -140,7 +145,7 @@ def assert_pattern(kernels: dict, pattern: str) -> None:
         unexplained += int((zero & ~lines).sum())
         if pattern in ("half_column", "half_row"):
             axis_len = view.shape[0] if pattern == "half_column" else view.shape[1]
-            half = axis_len // 2
+            half = -(-axis_len // 2)  # the first half gets an odd length's extra element
             lines_of = view if pattern == "half_column" else view.T  # halves of columns
             z = lines_of == 0
             for part in (z[:half], z[half:]):
@@ -196,7 +201,8 @@ def test_smoke_variant_runs_and_does_what_its_preset_is_for(group, smoke_run):
     headline = summary["metrics"][0]["name"]  # wer (ASR), accuracy (KWS)
     assert math.isfinite(summary["final"][headline])
     # The target sparsity, measured on the final model's masks.
-    assert summary["final"]["sparsity"] == pytest.approx(target, abs=0.02)
+    assert summary["final"]["sparsity"] == pytest.approx(
+        target, abs=SPARSITY_TOLERANCE.get(name, 0.02))
     kernels = run.kernels()
     assert_pattern(kernels, pattern)
     if pattern == "dense":
