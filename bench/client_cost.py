@@ -62,7 +62,8 @@ def client_model(task: task_lib.AsrTask, variant: str, sparsity: float
         compact, _ = compaction.compact_model(model, task.model_config)
         return compact, [tf.cast(tf.not_equal(v, 0), tf.float32) if "kernel" in v.name
                          else None for v in compact.trainable_weights]
-    wrapped = wrappers.wrap_for_pruning(model, wrappers.select_prunable_layers(model))
+    wrapped = wrappers.wrap_for_pruning(
+        model, wrappers.select_prunable_layers(model, task.excluded_layers))
     index = wrappers.index_prunable_weights(wrapped)
     by_key = {wrappers.weight_key(v): v for v in model.weights}
     for variable in wrapped.trainable_weights:
