@@ -541,8 +541,8 @@ def build_conformer_ctc(config: ConformerConfig, vocab_size: int,
 # Kept dense by default: the output layer (one column per character).
 # subsample_conv1 is pruned: its kernel is tiny, but its output channels are
 # subsample_conv2's input channels, and subsample_conv2 does the largest
-# share of a client step's arithmetic (45% on `medium`); kept dense, it
-# keeps the pruned model's FLOPs well above its parameters (docs/results.md,
+# share of a client step's time (about half of a `medium` step); kept
+# dense, it keeps the pruned model's FLOPs well above its parameters (docs/results.md,
 # "Uniform allocation by kind, and a pruned first conv").
 EXCLUDED_FROM_PRUNING = r"^ctc_output$"
 
