@@ -72,31 +72,54 @@ def _random_batch(seed: int):
     return labels, label_lengths, logits, logit_lengths
 
 
-def test_loss_and_gradient_equal_the_portable_dense_ctc():
-    # The reference: tf.nn.ctc_loss's dense-label algorithm (blank 0), a
-    # different algorithm from the kernel's, and the one the on-device
-    # training artifact runs (`portable_ctc_loss`). The labels' padding is
-    # garbage, not blanks: both must ignore it.
-    labels, label_lengths, logits, logit_lengths = _random_batch(0)
+def _loss_and_gradient(loss_fn, labels, label_lengths, logits, logit_lengths):
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = loss_fn(labels, label_lengths, logits, logit_lengths)
+        total = tf.reduce_sum(tf.where(tf.math.is_finite(loss), loss, 0.0))
+    return loss.numpy(), tape.gradient(total, logits).numpy()
 
-    def loss_and_gradient(loss_fn):
-        with tf.GradientTape() as tape:
-            tape.watch(logits)
-            loss = loss_fn(labels, label_lengths, logits, logit_lengths)
-            total = tf.reduce_sum(loss)
-        return loss.numpy(), tape.gradient(total, logits).numpy()
 
-    ours, our_grad = loss_and_gradient(ctc.ctc_loss)
-    portable, portable_grad = loss_and_gradient(ctc.portable_ctc_loss)
+def test_kernel_and_portable_loss_and_gradient_equal_the_dense_ctc():
+    # The reference: tf.nn.ctc_loss's dense-label algorithm (blank 0), an
+    # algorithm different from both the kernel's (training) and the banded
+    # one the on-device training artifact runs (`portable_ctc_loss`). The
+    # labels' padding is garbage, not blanks: all must ignore it.
+    batch = _random_batch(0)
+    labels, label_lengths, logits, logit_lengths = batch
+    ours, our_grad = _loss_and_gradient(ctc.ctc_loss, *batch)
+    portable, portable_grad = _loss_and_gradient(ctc.portable_ctc_loss, *batch)
     padded_with_blank = tf.where(tf.sequence_mask(label_lengths, 15), labels, 0)
-    reference = tf.nn.ctc_loss(padded_with_blank, logits, label_lengths, logit_lengths,
-                               logits_time_major=False, blank_index=0).numpy()
+    dense = lambda _, *rest: tf.nn.ctc_loss(padded_with_blank, logits, label_lengths,
+                                            logit_lengths, logits_time_major=False,
+                                            blank_index=0)
+    reference, reference_grad = _loss_and_gradient(dense, *batch)
     np.testing.assert_allclose(ours, reference, rtol=1e-5)
     np.testing.assert_allclose(portable, reference, rtol=1e-6)
-    # Gradients are O(1) here (peaky logits): float32 rounding of two algorithms.
-    np.testing.assert_allclose(our_grad, portable_grad, atol=1e-4)
+    # Gradients are O(1) here (peaky logits): float32 rounding of the algorithms.
+    np.testing.assert_allclose(our_grad, reference_grad, atol=1e-4)
+    np.testing.assert_allclose(portable_grad, reference_grad, atol=1e-4)
     # Frames beyond an example's length get no gradient.
     assert not our_grad[3, 12:].any() and not portable_grad[3, 12:].any()
+
+
+def test_portable_loss_on_repeated_labels_and_infeasible_ones_is_the_kernels():
+    # Repeats are where a path may not skip the blank between two labels;
+    # "hello" in 5 frames has no path at all (the kernel's loss: inf).
+    labels = tf.constant([text.encode("aaabba"), text.encode("hello") + [7],
+                          text.encode("hello") + [7]])
+    label_lengths = tf.constant([6, 5, 5])
+    rng = np.random.default_rng(3)
+    logits = tf.constant(rng.standard_normal((3, 12, text.VOCAB_SIZE)).astype(np.float32) * 2)
+    logit_lengths = tf.constant([12, 6, 5])
+    kernel, kernel_grad = _loss_and_gradient(ctc.ctc_loss, labels, label_lengths, logits,
+                                             logit_lengths)
+    portable, portable_grad = _loss_and_gradient(ctc.portable_ctc_loss, labels,
+                                                 label_lengths, logits, logit_lengths)
+    assert np.isinf(kernel[2]) and np.isinf(portable[2])
+    np.testing.assert_allclose(portable[:2], kernel[:2], rtol=1e-5)
+    np.testing.assert_allclose(portable_grad, kernel_grad, atol=1e-5)
+    assert not portable_grad[2].any()
 
 
 def test_loss_in_a_tf_function_equals_eager():
