@@ -1,6 +1,7 @@
 """Compaction of structured-pruned Conformers: exact, and physically smaller."""
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -83,6 +84,19 @@ def test_structured_50_percent_compacts_exactly_on_real_utterances(base_weights,
     assert compact.get_layer("block0_mhsa_query").kernel.shape == (CFG.d_model, sum(block.qk_dims))
     assert len(set(block.qk_dims)) > 1  # unequal per-head widths are exercised
     assert compact.get_layer("block0_conv_depthwise").depthwise_kernel.shape[2] == block.conv_channels
+    # Residual-stream writers compute their unpruned columns only, and the
+    # compact model puts them back in their d_model places.
+    assert report.removed["residual_columns"] > 0
+    for name, columns in (("block0_ff1_out", block.ff1_out_columns),
+                          ("block0_mhsa_output", block.mhsa_output_columns),
+                          ("subsample_dense", report.widths.subsample_dense_columns)):
+        writer = masked.get_layer(name)
+        live = np.flatnonzero(np.any(writer.kernel.numpy() != 0, axis=0)
+                              | (writer.bias.numpy() != 0))
+        assert columns == tuple(live) and live.size < CFG.d_model, name
+        assert compact.get_layer(name).kernel.shape[-1] == live.size, name
+    assert model_lib.ModelWidths.from_json(
+        json.loads(json.dumps(report.widths.to_json()))) == report.widths
     # Same logits (valid frames) and the same transcripts on real speech.
     assert compaction.max_logit_difference(masked, compact, *real_batch) < 1e-4
     assert _transcripts(compact, real_batch) == _transcripts(masked, real_batch)
@@ -94,10 +108,9 @@ def test_removing_conv_channels_needs_their_layernorm_statistics(base_weights, r
     compact, report = compaction.compact_model(masked, CFG)
     assert report.removed["conv_channels"] > 0
     assert compaction.max_logit_difference(masked, compact, *real_batch) < 1e-4
-    naive_widths = model_lib.ModelWidths(
-        subsample_channels=report.widths.subsample_channels,
-        blocks=tuple(dataclasses.replace(b, conv_removed_channels=0)
-                     for b in report.widths.blocks))
+    naive_widths = dataclasses.replace(
+        report.widths, blocks=tuple(dataclasses.replace(b, conv_removed_channels=0)
+                                    for b in report.widths.blocks))
     naive = model_lib.build_conformer_ctc(CFG, text.VOCAB_SIZE, naive_widths)
     for layer in naive.layers:
         if layer.weights:  # all but the removed channels' constants

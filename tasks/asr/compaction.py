@@ -23,9 +23,12 @@ inertness rules below are the Conformer's own:
   bias zero: relu(0) = 0, or all its ``subsample_dense`` rows zero), and
   ``subsample_conv1`` output channels no ``subsample_conv2`` weight reads.
 
-Residual-stream columns (``*_out``, ``mhsa_output``, ``subsample_dense``
-outputs) are never removed: every module adds into the same ``d_model``
-dimensions, so a zero column there still has to exist.
+* residual-stream column ``j`` of a writer (``*_out``, ``mhsa_output``,
+  ``subsample_dense``): kernel column ``j`` and bias ``j`` zero. Every module
+  adds into the same ``d_model`` dimensions, so the column still exists in
+  the residual stream: the compact writer computes its other columns only
+  and `tasks.asr.model.ScatterColumns` puts them in place, with exact zeros
+  in between.
 """
 
 from __future__ import annotations
@@ -109,6 +112,19 @@ def _plan_conv(w: dict, couplings: dict, prefix: str) -> tuple[dict, int, int]:
     return new, int(keep.size), int(removed.size)
 
 
+def _plan_residual_columns(w: dict, new: dict, name: str) -> tuple[Optional[tuple[int, ...]], int]:
+    """Cuts the zero output columns (with their biases) of residual writer
+    ``name``, after any row cuts already in ``new``. Returns the kept
+    ``d_model`` columns (``None``: all) and how many were cut."""
+    weights = new.get(name, w[name])
+    width = weights[0].shape[-1]
+    keep = lib.keep_indices(lib.side_zero(weights, "col", np.arange(width)))
+    if keep.size == width:
+        return None, 0
+    new[name] = lib.take(weights, "col", keep)
+    return tuple(int(j) for j in keep), int(width - keep.size)
+
+
 def compact_model(model: tf.keras.Model, config: model_lib.ConformerConfig
                   ) -> tuple[tf.keras.Model, CompactionReport]:
     """Rebuilds ``model`` (a plain, masked Conformer-CTC) without its inert units.
@@ -126,8 +142,9 @@ def compact_model(model: tf.keras.Model, config: model_lib.ConformerConfig
     w = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
     couplings = lib.couplings_by_layers(model, units_lib.ConformerStructure(config.num_heads))
     new, sub_widths, sub_removed = _plan_subsampling(w, couplings)
+    sub_columns, sub_cut = _plan_residual_columns(w, new, "subsample_dense")
     removed = {"subsample_channels": sub_removed, "ffn_units": 0, "qk_dims": 0,
-               "value_dims": 0, "conv_channels": 0}
+               "value_dims": 0, "conv_channels": 0, "residual_columns": sub_cut}
     blocks = []
     for i in range(config.num_blocks):
         ff = {}
@@ -144,10 +161,18 @@ def compact_model(model: tf.keras.Model, config: model_lib.ConformerConfig
         weights, kept, dropped = _plan_conv(w, couplings, f"block{i}_conv")
         new.update(weights)
         removed["conv_channels"] += dropped
+        columns = {}
+        for field, writer in (("ff1_out_columns", "ff1_out"),
+                              ("mhsa_output_columns", "mhsa_output"),
+                              ("conv_pointwise_out_columns", "conv_pointwise_out"),
+                              ("ff2_out_columns", "ff2_out")):
+            columns[field], cut_columns = _plan_residual_columns(w, new, f"block{i}_{writer}")
+            removed["residual_columns"] += cut_columns
         blocks.append(model_lib.BlockWidths(
             ff1_dim=ff["ff1"], ff2_dim=ff["ff2"], qk_dims=qk_dims, v_dims=v_dims,
-            conv_channels=kept, conv_removed_channels=dropped))
-    widths = model_lib.ModelWidths(subsample_channels=sub_widths, blocks=tuple(blocks))
+            conv_channels=kept, conv_removed_channels=dropped, **columns))
+    widths = model_lib.ModelWidths(subsample_channels=sub_widths, blocks=tuple(blocks),
+                                   subsample_dense_columns=sub_columns)
     vocab_size = model.get_layer("ctc_output").units
     compact = model_lib.build_conformer_ctc(config, vocab_size, widths)
     for layer in compact.layers:

@@ -44,7 +44,9 @@ by ``tasks.asr.compaction`` from a structured-pruned model) have the
 same layer names with per-layer widths: per-block FFN sizes, per-head q.k and
 value widths (:class:`UnevenDotProductAttention`), fewer conv-module channels
 (:class:`PartialLayerNormalization` keeps the removed channels' constant
-values in the LayerNorm statistics) and fewer subsampling channels. With
+values in the LayerNorm statistics), fewer subsampling channels, and
+residual-stream writers that compute only their unpruned ``d_model``
+columns (:class:`ScatterColumns` places them). With
 ``widths=None`` (the default) the model is exactly the one described above.
 """
 
@@ -125,6 +127,10 @@ class BlockWidths:
     ``conv_channels``: conv-module channels kept; ``conv_removed_channels``:
     how many were removed (their constant depthwise outputs still enter the
     depthwise LayerNorm's statistics, see :class:`PartialLayerNormalization`).
+    ``*_columns``: the ``d_model`` columns a residual-stream writer
+    (``ff1_out``, ``mhsa_output``, ``conv_pointwise_out``, ``ff2_out``)
+    computes, in order; the others are exact zeros (:class:`ScatterColumns`).
+    ``None``: all of them.
     """
 
     ff1_dim: int
@@ -133,6 +139,18 @@ class BlockWidths:
     v_dims: tuple[int, ...]
     conv_channels: int
     conv_removed_channels: int = 0
+    ff1_out_columns: tuple[int, ...] | None = None
+    mhsa_output_columns: tuple[int, ...] | None = None
+    conv_pointwise_out_columns: tuple[int, ...] | None = None
+    ff2_out_columns: tuple[int, ...] | None = None
+
+
+_COLUMN_FIELDS = ("ff1_out_columns", "mhsa_output_columns", "conv_pointwise_out_columns",
+                  "ff2_out_columns")
+
+
+def _tuple_or_none(value):
+    return None if value is None else tuple(int(v) for v in value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +159,7 @@ class ModelWidths:
 
     subsample_channels: tuple[int, int]  # subsample_conv1, subsample_conv2 outputs
     blocks: tuple[BlockWidths, ...]
+    subsample_dense_columns: tuple[int, ...] | None = None  # as BlockWidths' *_columns
 
     @classmethod
     def dense(cls, config: "ConformerConfig") -> "ModelWidths":
@@ -162,9 +181,11 @@ class ModelWidths:
     def from_json(cls, value: dict) -> "ModelWidths":
         """Rebuilds widths written by :meth:`to_json`."""
         blocks = tuple(BlockWidths(**{**b, "qk_dims": tuple(b["qk_dims"]),
-                                      "v_dims": tuple(b["v_dims"])})
+                                      "v_dims": tuple(b["v_dims"]),
+                                      **{f: _tuple_or_none(b.get(f)) for f in _COLUMN_FIELDS}})
                        for b in value["blocks"])
-        return cls(subsample_channels=tuple(value["subsample_channels"]), blocks=blocks)
+        return cls(subsample_channels=tuple(value["subsample_channels"]), blocks=blocks,
+                   subsample_dense_columns=_tuple_or_none(value.get("subsample_dense_columns")))
 
 
 # ----------------------------------------------------------------------------- lengths
@@ -364,6 +385,37 @@ class UnevenDotProductAttention(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class ScatterColumns(tf.keras.layers.Layer):
+    """``[..., k] -> [..., width]``: input column ``i`` at ``columns[i]``, exact zeros elsewhere.
+
+    A compacted residual-stream writer computes only the ``d_model`` columns
+    that are not pruned (zero kernel column and bias: an exact zero output)
+    and places them with this one gather; the residual add still sees all
+    ``d_model`` columns.
+    """
+
+    def __init__(self, columns, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.columns = tuple(int(c) for c in columns)
+        self.width = int(width)
+        if len(set(self.columns)) != len(self.columns) or not all(
+                0 <= c < self.width for c in self.columns):
+            raise ValueError(f"columns must be distinct and in [0, {self.width})")
+        # Where each output column reads from: its input column, or the one
+        # appended zero column (index k).
+        source = np.full(self.width, len(self.columns), np.int32)
+        source[list(self.columns)] = np.arange(len(self.columns), dtype=np.int32)
+        self._source = source
+
+    def call(self, x):
+        padding = [[0, 0]] * (x.shape.rank - 1) + [[0, 1]]
+        return tf.gather(tf.pad(x, padding), self._source, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "columns": list(self.columns), "width": self.width}
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
 class PartialLayerNormalization(tf.keras.layers.Layer):
     """LayerNorm over the kept channels of a layer whose other channels are constants.
 
@@ -412,14 +464,25 @@ class PartialLayerNormalization(tf.keras.layers.Layer):
 # ----------------------------------------------------------------------------- model
 
 
-def _feed_forward(x, cfg: ConformerConfig, prefix: str, ff_dim: int | None = None):
-    """Half-step FFN module: x + 0.5 * FFN(LN(x)); ``ff_dim`` overrides the hidden width."""
+def _residual_writer(y, cfg: ConformerConfig, name: str, columns: tuple[int, ...] | None):
+    """Dense(d_model) named ``name``; with ``columns`` only those are computed
+    (the rest are exact zeros, see :class:`ScatterColumns`)."""
+    if columns is None:
+        return tf.keras.layers.Dense(cfg.d_model, name=name)(y)
+    y = tf.keras.layers.Dense(len(columns), name=name)(y)
+    return ScatterColumns(columns, cfg.d_model, name=f"{name}_scatter")(y)
+
+
+def _feed_forward(x, cfg: ConformerConfig, prefix: str, ff_dim: int | None = None,
+                  out_columns: tuple[int, ...] | None = None):
+    """Half-step FFN module: x + 0.5 * FFN(LN(x)); ``ff_dim`` overrides the
+    hidden width, ``out_columns`` the output columns computed."""
     L = tf.keras.layers
     hidden = cfg.ff_multiplier * cfg.d_model if ff_dim is None else ff_dim
     y = L.LayerNormalization(epsilon=1e-5, name=f"{prefix}_norm")(x)
     y = L.Dense(hidden, activation="swish", name=f"{prefix}_in")(y)
     y = StatelessDropout(cfg.dropout, name=f"{prefix}_dropout1")(y)
-    y = L.Dense(cfg.d_model, name=f"{prefix}_out")(y)
+    y = _residual_writer(y, cfg, f"{prefix}_out", out_columns)
     y = StatelessDropout(cfg.dropout, name=f"{prefix}_dropout2")(y)
     y = L.Rescaling(0.5, name=f"{prefix}_half")(y)
     return L.Add(name=f"{prefix}_residual")([x, y])
@@ -444,13 +507,15 @@ def _self_attention(x, mask, cfg: ConformerConfig, prefix: str,
         y = UnevenDotProductAttention(
             widths.qk_dims, widths.v_dims, scale_dim=cfg.d_model // cfg.num_heads,
             name=f"{prefix}_attention")([q, k, v, mask])
-    y = L.Dense(cfg.d_model, name=f"{prefix}_output")(y)
+    y = _residual_writer(y, cfg, f"{prefix}_output",
+                         None if widths is None else widths.mhsa_output_columns)
     y = StatelessDropout(cfg.dropout, name=f"{prefix}_dropout")(y)
     return L.Add(name=f"{prefix}_residual")([x, y])
 
 
 def _convolution(x, mask, cfg: ConformerConfig, prefix: str, channels: int | None = None,
-                 removed_channels: int = 0, train_removed_values: bool = False):
+                 removed_channels: int = 0, train_removed_values: bool = False,
+                 out_columns: tuple[int, ...] | None = None):
     """Conv module: x + Dropout(PW(swish(LN(DW(GLU(PW(LN(x))))))))."""
     L = tf.keras.layers
     d = cfg.d_model if channels is None else channels
@@ -470,7 +535,7 @@ def _convolution(x, mask, cfg: ConformerConfig, prefix: str, channels: int | Non
     else:
         y = L.LayerNormalization(epsilon=1e-5, name=f"{prefix}_depthwise_norm")(y)
     y = L.Activation("swish", name=f"{prefix}_swish")(y)
-    y = L.Dense(cfg.d_model, name=f"{prefix}_pointwise_out")(y)
+    y = _residual_writer(y, cfg, f"{prefix}_pointwise_out", out_columns)
     y = StatelessDropout(cfg.dropout, name=f"{prefix}_dropout")(y)
     return L.Add(name=f"{prefix}_residual")([x, y])
 
@@ -512,20 +577,24 @@ def build_conformer_ctc(config: ConformerConfig, vocab_size: int,
                  name="subsample_conv2")(x)
     freq = _valid_conv_size(_valid_conv_size(cfg.num_mel_bins))
     x = L.Reshape((-1, freq * sub2), name="subsample_flatten")(x)
-    x = L.Dense(cfg.d_model, name="subsample_dense")(x)
+    x = _residual_writer(x, cfg, "subsample_dense",
+                         None if widths is None else widths.subsample_dense_columns)
     x = SinusoidalPositionalEncoding(name="positional_encoding")(x)
     x = StatelessDropout(cfg.dropout, name="subsample_dropout")(x)
     mask = FrameMask(name="frame_mask")([x, feature_lengths])
 
     for i in range(cfg.num_blocks):
         bw = None if widths is None else widths.blocks[i]
-        x = _feed_forward(x, cfg, f"block{i}_ff1", None if bw is None else bw.ff1_dim)
+        x = _feed_forward(x, cfg, f"block{i}_ff1", None if bw is None else bw.ff1_dim,
+                          None if bw is None else bw.ff1_out_columns)
         x = _self_attention(x, mask, cfg, f"block{i}_mhsa", bw)
         x = _convolution(x, mask, cfg, f"block{i}_conv",
                          None if bw is None else bw.conv_channels,
                          0 if bw is None else bw.conv_removed_channels,
-                         train_removed_values)
-        x = _feed_forward(x, cfg, f"block{i}_ff2", None if bw is None else bw.ff2_dim)
+                         train_removed_values,
+                         None if bw is None else bw.conv_pointwise_out_columns)
+        x = _feed_forward(x, cfg, f"block{i}_ff2", None if bw is None else bw.ff2_dim,
+                          None if bw is None else bw.ff2_out_columns)
         x = L.LayerNormalization(epsilon=1e-5, name=f"block{i}_final_norm")(x)
 
     logits = L.Dense(vocab_size, name="ctc_output")(x)
