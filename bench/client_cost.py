@@ -60,7 +60,10 @@ def client_model(task: task_lib.AsrTask, variant: str, sparsity: float
         model, "structured", sparsity, "column", task.model_structure, task.excluded_layers)
     if variant == "compact":
         compact, _ = compaction.compact_model(model, task.model_config)
-        return compact, [tf.cast(tf.not_equal(v, 0), tf.float32) if "kernel" in v.name
+        # As a compact round's client: masks only on kernels with zeros left
+        # (pruned weights compaction could not cut out).
+        return compact, [tf.cast(tf.not_equal(v, 0), tf.float32)
+                         if "kernel" in v.name and not bool(tf.reduce_all(tf.not_equal(v, 0)))
                          else None for v in compact.trainable_weights]
     wrapped = wrappers.wrap_for_pruning(
         model, wrappers.select_prunable_layers(model, task.excluded_layers))

@@ -16,7 +16,13 @@ In one process, with one cohort (the first `--clients` training speakers,
 * the orchestration floor: the dense round and the compact 50% round again
   (their own states), every client with an empty dataset: all a round costs
   besides the clients' arithmetic (TFF's calls, the wire, aggregation, the
-  server update, our Python). `--floor_only` runs just these four.
+  server update, our Python). `--floor_only` runs just these four;
+* the clients' own arithmetic: the same cohort's local training (every
+  client's batches, its optimizer, its masks) as one TFF-free `tf.function`
+  per client, for the dense, masked 50%, compact 50% and compact 75% client
+  models (`bench.client_cost.client_model`: masks from one magnitude
+  decision at the same sparsity). `--compute_only` runs just dense, masked
+  50%, compact 50% and compact 75% rounds, these client loops and the floors.
 
 Pruned variants reach their masks in round 1 (constant schedule) and keep
 them; a second untimed round compiles their compact or sparse computation.
@@ -29,6 +35,7 @@ one subprocess per variant. Results: `bench/results/round_costs.{md,json}`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -41,11 +48,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from bench import client_cost as client_cost_bench
 from bench import common
 from tasks.asr import compaction
 from tasks.asr import text
 from tff_prune.federated import compact_rounds
 from tff_prune.federated import process as process_lib
+from tff_prune.model import local_step
 from tff_prune.model import variable_model
 from tff_prune.program import accounting
 from tff_prune.pruning import config as config_lib
@@ -66,12 +75,16 @@ PRUNED = (
     ("unstructured 90%", "unstructured", 0.9, "masked", 0.15),
 )
 QUICK = ("compact, column 50%",)
+COMPUTE = ("compact, column 50%", "masked, column 50%", "compact, column 75%")
 # The pruned variant whose round is also measured with empty client datasets.
 FLOOR_OF = "compact, column 50%"
 FLOOR = "floor: "  # name prefix of a variant whose clients have no data
-GOALS = {  # the issue's goals, vs dense (round time, FLOPs) at each sparsity
-    "compact, column 50%": {"round": 0.7, "flops": 0.65},
-    "compact, column 75%": {"round": 0.45},
+# The client models whose local training is also timed without TFF.
+CLIENT_STEPS = (("dense", 0.0), ("masked", 0.5), ("compact", 0.5), ("compact", 0.75))
+STEPS = "client steps: "  # name prefix of those variants
+GOALS = {  # issue 26's goals vs dense: round time, the client's own steps, step FLOPs
+    "compact, column 50%": {"round": 0.75, "steps": 0.65, "flops": 0.6},
+    "compact, column 75%": {"round": 0.5, "steps": 0.4, "flops": 0.35},
 }
 
 
@@ -164,6 +177,40 @@ def _plain_loop_variant(task, data):
     return variant
 
 
+def _steps_name(kind: str, sparsity: float) -> str:
+    return STEPS + (kind if kind == "dense" else f"{kind}, column {sparsity:.0%}")
+
+
+def _client_steps_variant(task, kind: str, sparsity: float, data) -> Variant:
+    """Every client's local training of the `kind` client model, without TFF:
+    one `tf.function` per client dataset, from the same start each time."""
+    model, masks = client_cost_bench.client_model(task, kind, sparsity)
+    trainable = model.trainable_weights
+    start = [tf.constant(v.numpy()) for v in trainable]
+    optimizer = _optimizer()
+    specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
+
+    @tf.function
+    def local_training(dataset):
+        for variable, value in zip(trainable, start):
+            variable.assign(value)
+        state = optimizer.initialize(specs)
+        num_examples = tf.constant(0, tf.int32)
+        for batch in dataset:
+            state, _, n, _ = local_step.masked_step(
+                trainable, masks, optimizer, state,
+                functools.partial(task.batch_loss, model, batch, training=True))
+            num_examples += tf.cast(n, tf.int32)
+        return num_examples
+
+    def step(d):
+        variant.examples = sum(int(local_training(dataset)) for dataset in d)
+
+    variant = Variant(_steps_name(kind, sparsity), step, sparsity=sparsity, model_kind=kind)
+    variant.run(data)  # traces
+    return variant
+
+
 def client_cost(model_size, kind, sparsity, num_train_speakers, cache_dir) -> dict:
     """`bench.client_cost` in its own process (peak RSS of that client alone)."""
     out = subprocess.run(
@@ -178,8 +225,14 @@ def run(args) -> dict:
     task = common.load_task(args.model_size, args.num_train_speakers, args.cache_dir)
     data = common.cohort_data(task, args.clients, args.client_epochs)
     compactor = compaction.ConformerCompactor(task.model_config, text.VOCAB_SIZE)
-    pruned = ([] if args.orchestration_only else
-              [p for p in PRUNED if not (args.quick or args.floor_only) or p[0] in QUICK])
+    if args.orchestration_only:
+        pruned = []
+    elif args.quick or args.floor_only:
+        pruned = [p for p in PRUNED if p[0] in QUICK]
+    elif args.compute_only:
+        pruned = [p for p in PRUNED if p[0] in COMPUTE]
+    else:
+        pruned = list(PRUNED)
     with runtime.local_runtime(log_dir=os.path.join(args.work_dir, "logs")):
         dense_built = process_lib.build_federated_pruning_process(
             task, config_lib.PruningConfig(scheme="none"), _optimizer(),
@@ -188,7 +241,7 @@ def run(args) -> dict:
                                      0.0, "dense", data)]
         floors = [_process_variant(variants[0].name, dense_built, None, 0.0, "dense", data,
                                    empty=True)]
-        if not (args.quick or args.floor_only):
+        if not (args.quick or args.floor_only or args.compute_only):
             variants += [_fed_avg_variant(task, data), _plain_loop_variant(task, data)]
         for name, scheme, sparsity, client_model, _ in pruned:
             built = process_lib.build_federated_pruning_process(
@@ -203,16 +256,22 @@ def run(args) -> dict:
                 floors.append(_process_variant(name, built, rounds, sparsity,
                                                client_model, data, empty=True))
         variants += floors
+        if not (args.floor_only or args.orchestration_only or args.skip_client_steps):
+            variants += [_client_steps_variant(task, kind, sparsity, data)
+                         for kind, sparsity in CLIENT_STEPS]
         common.time_round_robin(variants, data, args.repeats)
     rows = []
     dense = variants[0]
     dense_down, dense_up = accounting.round_wire_bytes(dense.client_work)
     costs = {}
+    steps_dense = next((v for v in variants if v.name == _steps_name("dense", 0.0)), None)
     for variant in variants:
         row = {"variant": variant.name,
                "round_seconds_median": float(np.median(variant.seconds)),
                "round_vs_dense": float(np.median(variant.seconds) / np.median(dense.seconds)),
                "examples_per_round": variant.examples}
+        if variant.name.startswith(STEPS):
+            row["steps_vs_dense"] = variant.median / steps_dense.median
         if variant.client_work is not None:
             down, up = accounting.round_wire_bytes(variant.client_work)
             row.update(bytes_down=down, bytes_up=up, down_vs_dense=down / dense_down,
@@ -260,6 +319,8 @@ def markdown(result: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
+        if r["variant"].startswith(STEPS):
+            continue
         lines.append(
             f"| {r['variant']} | {_fmt(r.get('examples_per_round'), ',')} "
             f"| {r['round_seconds_median']:.2f} | {r['round_vs_dense']:.2f}× "
@@ -282,7 +343,21 @@ def markdown(result: dict) -> str:
                          f"{full['round_seconds_median']:.2f} s ({share:.0%}) is the floor; "
                          f"the clients' training is the other "
                          f"{full['round_seconds_median'] - floor['round_seconds_median']:.2f} s")
-    lines += ["", "## Goals (issue 9)", ""]
+    steps = [r for r in result["rows"] if r["variant"].startswith(STEPS)]
+    if steps:
+        lines += ["", "## The clients' own steps, without TFF", "",
+                  "The same clients' local training (same batches, optimizer and example "
+                  "counts) as one `tf.function` per client, no TFF; the masks of the pruned "
+                  "client models from one magnitude decision at the same sparsity "
+                  "(`bench.client_cost.client_model`). Timed round-robin with the rounds "
+                  "above.", "",
+                  "| client model | examples | s per round's training | vs dense |",
+                  "|---|---:|---:|---:|"]
+        for r in steps:
+            lines.append(f"| {r['variant'][len(STEPS):]} | {_fmt(r.get('examples_per_round'), ',')} "
+                         f"| {r['round_seconds_median']:.2f} | {r['steps_vs_dense']:.2f}× |")
+    steps_by_name = {r["variant"][len(STEPS):]: r for r in steps}
+    lines += ["", "## Goals (bytes: issue 9; time and FLOPs: issue 26)", ""]
     for name, goal in result["goals"].items():
         if name in by_name:
             r = by_name[name]
@@ -296,6 +371,10 @@ def markdown(result: dict) -> str:
                 lines.append(f"* {name}: round time ≤ {goals['round']}× dense: "
                              f"{r['round_vs_dense']:.2f}× — "
                              f"{'met' if r['round_vs_dense'] <= goals['round'] else 'missed'}")
+            if "steps" in goals and name in steps_by_name:
+                ratio = steps_by_name[name]["steps_vs_dense"]
+                lines.append(f"* {name}: the client's own steps ≤ {goals['steps']}× dense: "
+                             f"{ratio:.2f}× — {'met' if ratio <= goals['steps'] else 'missed'}")
             if "flops" in goals and "flops_vs_dense" in r:
                 lines.append(f"* {name}: FLOPs ≤ {goals['flops']}× dense: "
                              f"{r['flops_vs_dense']:.2f}× — "
@@ -314,6 +393,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="one pruned variant, no baselines (a smoke run)")
     parser.add_argument("--skip_client_cost", action="store_true")
+    parser.add_argument("--skip_client_steps", action="store_true",
+                        help="no TFF-free timing of the clients' local training")
+    parser.add_argument("--compute_only", action="store_true",
+                        help="dense, masked 50%%, compact 50%% and compact 75%% rounds, their "
+                             "clients' steps without TFF, and the floors")
     parser.add_argument("--orchestration_only", action="store_true",
                         help="dense, TFF FedAvg and the plain loop only (and the dense floor)")
     parser.add_argument("--floor_only", action="store_true",

@@ -27,9 +27,12 @@ def test_round_costs_quick_writes_its_table(tmp_path, corpus_cache):
          f"--out={out}", f"--work_dir={tmp_path / 'work'}"]) == 0
     data = json.loads((tmp_path / "round_costs.json").read_text())
     names = [r["variant"] for r in data["rows"]]
+    steps = ["client steps: dense", "client steps: masked, column 50%",
+             "client steps: compact, column 50%", "client steps: compact, column 75%"]
     assert names == ["dense (ours, --pruning=none)", "compact, column 50%",
-                     "floor: dense (ours, --pruning=none)", "floor: compact, column 50%"]
-    dense, compact, dense_floor, compact_floor = data["rows"]
+                     "floor: dense (ours, --pruning=none)", "floor: compact, column 50%",
+                     *steps]
+    dense, compact, dense_floor, compact_floor = data["rows"][:4]
     assert dense["down_vs_dense"] == 1.0 and compact["down_vs_dense"] < 0.8
     # The floor rounds are the same computations (same wire), whose clients
     # trained on nothing; the rounds they stand beside trained on the data.
@@ -37,11 +40,18 @@ def test_round_costs_quick_writes_its_table(tmp_path, corpus_cache):
     assert dense_floor["examples_per_round"] == compact_floor["examples_per_round"] == 0
     assert dense_floor["bytes_down"] == dense["bytes_down"]
     assert compact_floor["bytes_down"] == compact["bytes_down"]
+    # The clients' steps without TFF train on the round's own examples.
+    for row in data["rows"][4:]:
+        assert row["examples_per_round"] == dense["examples_per_round"], row["variant"]
+    assert data["rows"][4]["steps_vs_dense"] == 1.0
     text = (tmp_path / "round_costs.md").read_text()
-    table = [l for l in text.splitlines() if l.startswith("|")]
-    widths = {l.count("|") for l in table}
-    assert len(table) == 2 + len(names) and len(widths) == 1
+    rounds, client_steps = text.split("## The clients' own steps")
+    table = [l for l in rounds.splitlines() if l.startswith("|")]
+    assert len(table) == 2 + 4 and len({l.count("|") for l in table}) == 1
+    table = [l for l in client_steps.splitlines() if l.startswith("|")]
+    assert len(table) == 2 + len(steps) and len({l.count("|") for l in table}) == 1
     assert "compact, column 50%: bytes ≤ 0.55× dense" in text
+    assert "compact, column 50%: the client's own steps ≤ 0.65× dense" in text
     assert "* compact, column 50%: " in text.split("## Orchestration floor")[1]
 
 

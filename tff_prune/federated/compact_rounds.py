@@ -21,7 +21,9 @@ The round is one `tff.federated_computation` per architecture (the compact
 widths and shapes, and how many weights each compact kernel keeps), built
 when that architecture first appears and reused while it lasts; the plan
 (gather indices and the compact masks) is a server-placed argument, so a
-mask update that keeps the shapes reuses the same computation. Everything
+mask update that keeps the architecture reuses the same computation (the
+task's widths decide it; the Conformer's include which residual-stream
+columns each writer computes, so moving those builds a new one). Everything
 that crosses the wire is typed by it: the compact model in the sparse wire
 form of `tff_prune.federated.client_model` down (each kernel's kept values and its
 mask bits), the compact delta's kept values up.
