@@ -136,11 +136,12 @@ def _ctc_state_log_probs(log_probs: tf.Tensor, states: tf.Tensor, skips: tf.Tens
 def portable_ctc_loss(
     labels: tf.Tensor, label_lengths: tf.Tensor, logits: tf.Tensor, logit_lengths: tf.Tensor
 ) -> tf.Tensor:
-    """`ctc_loss` from TFLite builtin ops: what the on-device artifact runs.
+    """`ctc_loss` from core TensorFlow ops: what the on-device artifact runs.
 
     TFLite has no ``CTCLoss`` kernel, not even among its select TF ops. This
-    is the CTC forward-backward written out (`_ctc_state_log_probs`: O(S)
-    per frame for S = 2L + 1 states) with its closed-form gradient
+    is the CTC forward-backward written out in ops TFLite runs (builtins;
+    select TF ops for the per-frame ``TensorArray``s): `_ctc_state_log_probs`,
+    O(S) per frame for S = 2L + 1 states, with its closed-form gradient
     (``tf.custom_gradient``: d loss / d log y_t(k) = -(occupancy of the
     states labelled k) / P). Same arguments and result as `ctc_loss`, within
     float rounding (tests/test_ctc.py). ``tf.nn.ctc_loss``'s dense-label
