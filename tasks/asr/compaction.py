@@ -162,11 +162,9 @@ def compact_model(model: tf.keras.Model, config: model_lib.ConformerConfig
         new.update(weights)
         removed["conv_channels"] += dropped
         columns = {}
-        for field, writer in (("ff1_out_columns", "ff1_out"),
-                              ("mhsa_output_columns", "mhsa_output"),
-                              ("conv_pointwise_out_columns", "conv_pointwise_out"),
-                              ("ff2_out_columns", "ff2_out")):
-            columns[field], cut_columns = _plan_residual_columns(w, new, f"block{i}_{writer}")
+        for field in model_lib.WRITER_COLUMN_FIELDS:
+            writer = f"block{i}_{field.removesuffix('_columns')}"
+            columns[field], cut_columns = _plan_residual_columns(w, new, writer)
             removed["residual_columns"] += cut_columns
         blocks.append(model_lib.BlockWidths(
             ff1_dim=ff["ff1"], ff2_dim=ff["ff2"], qk_dims=qk_dims, v_dims=v_dims,

@@ -145,8 +145,9 @@ class BlockWidths:
     ff2_out_columns: tuple[int, ...] | None = None
 
 
-_COLUMN_FIELDS = ("ff1_out_columns", "mhsa_output_columns", "conv_pointwise_out_columns",
-                  "ff2_out_columns")
+#: BlockWidths' residual-writer fields: ``{writer layer suffix}_columns``.
+WRITER_COLUMN_FIELDS = ("ff1_out_columns", "mhsa_output_columns", "conv_pointwise_out_columns",
+                        "ff2_out_columns")
 
 
 def _tuple_or_none(value):
@@ -182,7 +183,7 @@ class ModelWidths:
         """Rebuilds widths written by :meth:`to_json`."""
         blocks = tuple(BlockWidths(**{**b, "qk_dims": tuple(b["qk_dims"]),
                                       "v_dims": tuple(b["v_dims"]),
-                                      **{f: _tuple_or_none(b.get(f)) for f in _COLUMN_FIELDS}})
+                                      **{f: _tuple_or_none(b.get(f)) for f in WRITER_COLUMN_FIELDS}})
                        for b in value["blocks"])
         return cls(subsample_channels=tuple(value["subsample_channels"]), blocks=blocks,
                    subsample_dense_columns=_tuple_or_none(value.get("subsample_dense_columns")))
